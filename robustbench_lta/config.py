@@ -103,6 +103,9 @@ class SweepConfig(_Strict):
     plugins: list[str] = Field(default_factory=list, description="extra plugin folders")
     executor: Literal["local", "ray"] = "local"
     attention_samples: int = Field(8, ge=0, description="images whose attention maps are stored")
+    sanity_samples: int = Field(
+        64, ge=0, description="samples for the model checks and the large-eps probe (0: skip the probe)"
+    )
     amp: Literal["auto", "bf16", "fp16", "off"] = Field(
         "off", description="autocast for attack forwards on CUDA (verification always in float32)"
     )

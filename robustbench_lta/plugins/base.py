@@ -13,8 +13,9 @@ and the engine records the norm of what they found instead of checking it agains
 from __future__ import annotations
 
 import abc
+import contextlib
 import inspect
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from enum import Enum
 from typing import Any, ClassVar
 
@@ -98,6 +99,37 @@ class Attack(abc.ABC):
         gen = torch.Generator(device=device)
         gen.manual_seed(self.seed)
         return gen
+
+    @contextlib.contextmanager
+    def global_rng(self, device: torch.device | str = "cpu") -> Iterator[None]:
+        """Fork torch's global RNG, seed it with this attack's seed, restore it on exit.
+
+        For third-party code (torchattacks, foolbox) that draws from the global generator: the
+        attack becomes reproducible and the caller's RNG stream is left exactly as it was.
+        """
+        dev = torch.device(device)
+        devices = [dev] if dev.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.seed)
+            yield
+
+    @staticmethod
+    @contextlib.contextmanager
+    def frozen(model: nn.Module) -> Iterator[nn.Module]:
+        """Temporarily turn off ``requires_grad`` on the model's parameters (restored on exit).
+
+        Attacks only need gradients w.r.t. the input; libraries that call ``loss.backward()``
+        would otherwise accumulate (and leave behind) ``.grad`` on every weight.
+        """
+        params = list(model.parameters())
+        saved = [p.requires_grad for p in params]
+        try:
+            for p in params:
+                p.requires_grad_(False)
+            yield model
+        finally:
+            for p, flag in zip(params, saved):
+                p.requires_grad_(flag)
 
     @classmethod
     def summary(cls) -> str:

@@ -1,0 +1,215 @@
+"""Bring-your-own data: ``imagefolder:PATH`` (class subfolders of images) and ``npz:PATH`` (arrays).
+
+Both decode everything into memory once. Class indices follow torchvision's ``ImageFolder``: class
+names sorted. Sample order interleaves the classes (one image of each class in turn, file order kept
+within a class) because such data usually comes sorted by class, and "the first n images" should be
+balanced; ``order="file"`` keeps the plain file order instead. The original position of each sample
+is kept in ``dataset.extras["file_index"]``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from .registry import ImageDataset, channel_stats, interleave_by_class
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def _order(labels: np.ndarray, order: str) -> np.ndarray:
+    if order == "interleave":
+        return interleave_by_class(labels)
+    if order == "file":
+        return np.arange(len(labels))
+    raise UserError(f"order must be 'interleave' or 'file', got {order!r}")
+
+
+def _stats(
+    images: torch.Tensor, mean: Sequence[float] | None, std: Sequence[float] | None
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The given mean/std, or (for whichever is missing) the per-channel statistics of ``images``."""
+    if mean is None or std is None:
+        measured_mean, measured_std = channel_stats(images)
+        mean = measured_mean if mean is None else mean
+        std = measured_std if std is None else std
+    if len(mean) != 3 or len(std) != 3:
+        raise UserError("mean and std need three values (one per RGB channel)")
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def _split_root(path: Path, split: str) -> Path:
+    """``PATH/split`` when PATH holds split folders, else PATH itself (one split)."""
+    if (path / split).is_dir():
+        return path / split
+    present = [s for s in ("train", "test", "val", "valid", "validation") if (path / s).is_dir()]
+    if present:
+        raise UserError(
+            f"{path} has split folders {', '.join(present)} but no {split}/: "
+            f"use split {present[0]!r} or point PATH at the class folders"
+        )
+    return path
+
+
+def find_images(root: Path) -> tuple[list[str], list[Path], np.ndarray]:
+    """Class names (sorted), image files and labels in torchvision ``ImageFolder`` order."""
+    classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+    if not classes:
+        raise UserError(f"no class subfolders in {root}: an image folder needs one subfolder per class")
+    files: list[Path] = []
+    labels: list[int] = []
+    for index, cls in enumerate(classes):
+        found = 0
+        for folder, _, names in sorted(os.walk(root / cls, followlinks=True)):
+            for fname in sorted(names):
+                if fname.lower().endswith(IMG_EXTENSIONS):
+                    files.append(Path(folder) / fname)
+                    labels.append(index)
+                    found += 1
+        if not found:
+            raise UserError(
+                f"class folder {root / cls} holds no images ({', '.join(IMG_EXTENSIONS)}): "
+                "add some or remove it"
+            )
+    return classes, files, np.asarray(labels, dtype=np.int64)
+
+
+def _decode(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except OSError as exc:
+        raise UserError(f"cannot read image {path}: {exc}") from exc
+
+
+def load_imagefolder(
+    path: str | os.PathLike[str],
+    split: str = "test",
+    n: int | None = None,
+    name: str | None = None,
+    order: str = "interleave",
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    workers: int | None = None,
+) -> ImageDataset:
+    """Decode a folder of class subfolders into memory (only the first ``n`` if given).
+
+    ``PATH`` may be the folder of class subfolders, or a folder with ``train/`` and ``test/`` in it
+    (picked by ``split``). All images must have the same size (nothing is resized). ``mean``/``std``
+    default to the per-channel statistics of the loaded images.
+    """
+    base = Path(path).expanduser()
+    if not base.is_dir():
+        raise UserError(f"image folder {base} does not exist (imagefolder:PATH needs a directory)")
+    root = _split_root(base, split)
+    classes, files, labels = find_images(root)
+    idx = _order(labels, order)
+    if n is not None:
+        idx = idx[: int(n)]
+    workers = workers or min(8, (os.cpu_count() or 1) + 4)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        arrays = list(pool.map(_decode, [files[i] for i in idx], chunksize=64))
+    shapes = Counter(a.shape[:2] for a in arrays)
+    if len(shapes) > 1:
+        (common, count), *_ = shapes.most_common()
+        pos = next(k for k, a in enumerate(arrays) if a.shape[:2] != common)
+        odd_h, odd_w = arrays[pos].shape[:2]
+        raise UserError(
+            f"images in {root} differ in size ({count} are {common[1]}x{common[0]}, but {files[idx[pos]]} is "
+            f"{odd_w}x{odd_h}): resize them all to one size first"
+        )
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    m, s = _stats(images, mean, std)
+    return ImageDataset(
+        images,
+        torch.from_numpy(labels[idx]),
+        classes=classes,
+        name=name or f"imagefolder:{path}",
+        mean=m,
+        std=s,
+        extras={"file_index": torch.from_numpy(idx.astype(np.int64))},
+        meta={"split": split, "root": str(root), "order": order},
+    )
+
+
+def load_npz(
+    path: str | os.PathLike[str],
+    split: str = "test",
+    n: int | None = None,
+    name: str | None = None,
+    order: str = "interleave",
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> ImageDataset:
+    """Load arrays ``x`` (uint8 NHWC; NCHW, NHW and NHW1 are accepted too), ``y`` (int) and optional
+    ``classes`` from a ``.npz`` file. A file holding ``x_train``/``y_train`` and ``x_test``/``y_test``
+    is read by split. Never unpickles (object arrays are refused)."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UserError(f"npz file {file} does not exist")
+    try:
+        with np.load(file, allow_pickle=False) as archive:
+            keys = set(archive.files)
+            xk, yk = (f"x_{split}", f"y_{split}") if f"x_{split}" in keys else ("x", "y")
+            if xk not in keys or yk not in keys:
+                raise UserError(
+                    f"{file} needs arrays 'x' and 'y' (or x_{split}/y_{split}); it has {sorted(keys)}"
+                )
+            x, y = archive[xk], archive[yk]
+            classes_arr = archive["classes"] if "classes" in keys else None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {file} as .npz with plain arrays: {exc}") from exc
+    x = _as_nchw(x, file)
+    y = np.asarray(y)
+    if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
+        raise UserError(f"{file}: y must be integer labels of shape ({len(x)},), got {y.dtype} {y.shape}")
+    if len(y) and y.min() < 0:
+        raise UserError(f"{file}: labels must be >= 0")
+    if classes_arr is not None:
+        classes = [str(c) for c in np.asarray(classes_arr).reshape(-1)]
+    else:
+        classes = [str(c) for c in range(int(y.max()) + 1 if len(y) else 0)]
+    if len(y) and y.max() >= len(classes):
+        raise UserError(f"{file}: label {int(y.max())} has no entry in classes ({len(classes)} names)")
+    idx = _order(y, order)
+    if n is not None:
+        idx = idx[: int(n)]
+    images = torch.from_numpy(np.ascontiguousarray(x[idx]))
+    m, s = _stats(images, mean, std)
+    return ImageDataset(
+        images,
+        torch.from_numpy(y[idx].astype(np.int64)),
+        classes=classes,
+        name=name or f"npz:{path}",
+        mean=m,
+        std=s,
+        extras={"file_index": torch.from_numpy(idx.astype(np.int64))},
+        meta={"split": split, "path": str(file), "order": order},
+    )
+
+
+def _as_nchw(x: np.ndarray, file: Path) -> np.ndarray:
+    if x.dtype != np.uint8:
+        raise UserError(
+            f"{file}: x must be uint8 pixels (0-255), got {x.dtype}: convert with (x*255).astype(uint8)"
+        )
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4:
+        raise UserError(f"{file}: x must be NHWC images, got shape {x.shape}")
+    if x.shape[-1] in (1, 3):
+        x = x.transpose(0, 3, 1, 2)
+    elif x.shape[1] not in (1, 3):
+        raise UserError(f"{file}: x must have 1 or 3 channels (NHWC), got shape {x.shape}")
+    if x.shape[1] == 1:
+        x = np.repeat(x, 3, axis=1)
+    return x
