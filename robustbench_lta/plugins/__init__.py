@@ -1,0 +1,27 @@
+"""Attack plugins: the interface, the registry and discovery, output verification, adapters.
+
+Everything a plugin author needs is importable from here::
+
+    from robustbench_lta.plugins import Attack, AttackKind, ThreatModel, register_attack
+"""
+
+from __future__ import annotations
+
+from .base import Attack, AttackKind, ThreatModel
+from .registry import AttackInfo, discover, get_attack, get_attack_class, list_attacks, register_attack
+from .verify import Verification, perturbation_norms, verify_batch
+
+__all__ = [
+    "Attack",
+    "AttackInfo",
+    "AttackKind",
+    "ThreatModel",
+    "Verification",
+    "discover",
+    "get_attack",
+    "get_attack_class",
+    "list_attacks",
+    "perturbation_norms",
+    "register_attack",
+    "verify_batch",
+]

@@ -1,0 +1,562 @@
+"""Train a registered model on a registered dataset: the paper's SGD recipe, resumable, no pickle.
+
+The whole split lives in memory as uint8 (``ImageDataset.images``); batches are gathered, augmented
+(random crop with zero padding, optional horizontal flip) and converted to float on the training
+device with batched tensor ops, so there are no DataLoader workers (``num_workers`` is unused).
+All randomness of training (shuffling, augmentation) comes from one seeded ``torch.Generator``;
+model initialisation and any dropout use torch's global generator, seeded inside a ``fork_rng``
+block so the caller's random state is left as it was. On CPU the same config gives the same
+weights, and an interrupted run resumed from ``last`` gives the same weights as an uninterrupted one.
+
+Out folder (``config.out`` or ``runs/<model name>``)::
+
+    best.safetensors + best.json        weights + card of the epoch with the best test accuracy
+    last.safetensors + last.json        weights + card after the latest finished epoch
+    trainer_state.safetensors + .json   optimizer momentum, RNG states (tensors) + scalar state (JSON)
+    history.csv                         epoch, lr, train_loss, train_acc, test_acc, images_per_s, seconds
+
+Running again with the same out folder resumes after the last finished epoch (raise ``epochs`` to
+train longer). Ctrl-C stops training; ``last`` always holds a complete, loadable epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+import time
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import TrainConfig
+from ..data.registry import ImageDataset, load_dataset
+from ..errors import UserError
+from ..models.registry import create_model
+from ..utils import atomic_write_json, atomic_write_text, derive_seed, device_description, resolve_device
+from .checkpoint import (
+    defer_keyboard_interrupt,
+    load_tensors,
+    save_checkpoint,
+    save_tensors_atomic,
+    sha256_file,
+    state_dict_for_saving,
+)
+
+STATE_NAME = "trainer_state"
+STATE_FORMAT_VERSION = 1
+HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "test_acc", "images_per_s", "seconds")
+#: Config keys that may change between an interrupted run and its resumption.
+RESUMABLE_CHANGES = frozenset(
+    {"epochs", "device", "amp", "channels_last", "num_workers", "eval_every", "out", "data.root", "data.download"}
+)
+#: Keep a whole split on the GPU when it is smaller than this (else gather batches on the CPU).
+DEVICE_DATA_LIMIT_BYTES = 4 << 30
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` produced."""
+
+    out_dir: Path
+    best_path: Path
+    last_path: Path
+    best_acc: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = 0
+    final_acc: float = float("nan")
+    resumed_from: int = 0
+
+
+# ------------------------------------------------------------------------------------------- pieces
+def out_dir_for(config: TrainConfig) -> Path:
+    """``config.out``, else ``runs/<model name>``."""
+    return Path(config.out).expanduser() if config.out else Path("runs") / config.model.name
+
+
+def load_splits(config: TrainConfig) -> tuple[ImageDataset, ImageDataset]:
+    """The train and test splits named by ``config.data`` (first ``n_train`` / ``n_test`` images)."""
+    spec = config.data
+    common = {"root": spec.root, "download": spec.download, **spec.kwargs}
+    train_ds = load_dataset(spec.name, split="train", n=spec.n_train, **common)
+    test_ds = load_dataset(spec.name, split="test", n=spec.n_test, **common)
+    if len(train_ds) == 0 or len(test_ds) == 0:
+        raise UserError(f"dataset {spec.name!r} has an empty train or test split: check data.name and its files")
+    if list(train_ds.classes) != list(test_ds.classes):
+        raise UserError(f"dataset {spec.name!r}: train and test splits have different classes")
+    if train_ds.image_size != test_ds.image_size:
+        raise UserError(f"dataset {spec.name!r}: train and test images differ in size")
+    return train_ds, test_ds
+
+
+def build_model(config: TrainConfig, dataset: ImageDataset) -> nn.Module:
+    """``create_model`` with the dataset's class count and normalisation (config kwargs win)."""
+    kwargs: dict[str, Any] = {"mean": tuple(dataset.mean), "std": tuple(dataset.std), **config.model.kwargs}
+    return create_model(
+        config.model.name, num_classes=dataset.num_classes, width=config.model.width, **kwargs
+    )
+
+
+def augment(
+    images: torch.Tensor, generator: torch.Generator, padding: int, flip: bool
+) -> torch.Tensor:
+    """Random crop (zero padding ``padding``, per-image offsets) and random horizontal flip.
+
+    Works on a batch ``(N,C,H,W)`` of any dtype on any device with a few gathers; the random draws
+    come from ``generator`` (CPU) so a seed gives the same augmentation on every device.
+    """
+    n, c, h, w = images.shape
+    if padding > 0:
+        offsets = torch.randint(0, 2 * padding + 1, (n, 2), generator=generator).to(images.device)
+        padded = F.pad(images, (padding, padding, padding, padding))
+        rows = offsets[:, :1] + torch.arange(h, device=images.device)  # (N,H)
+        cols = offsets[:, 1:] + torch.arange(w, device=images.device)  # (N,W)
+        padded = padded.gather(2, rows[:, None, :, None].expand(n, c, h, w + 2 * padding))
+        images = padded.gather(3, cols[:, None, None, :].expand(n, c, h, w))
+    if flip:
+        mask = torch.randint(0, 2, (n,), generator=generator).bool().to(images.device)
+        images = torch.where(mask[:, None, None, None], images.flip(3), images)
+    return images
+
+
+def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda":
+        if config.amp in ("bf16", "fp16"):
+            warnings.warn(f"amp={config.amp} is for CUDA; training on {device} in float32", stacklevel=3)
+        return None
+    if config.amp == "off":
+        return None
+    if config.amp == "bf16" or (config.amp == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+def _lr_lambda(steps_per_epoch: int, config: TrainConfig) -> Any:
+    warm = config.warmup_epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        epoch = step // steps_per_epoch
+        value = config.lr_gamma ** (epoch // config.lr_step_epochs)
+        if step < warm:
+            value *= (step + 1) / warm
+        return value
+
+    return factor
+
+
+class _Batches:
+    """uint8 images + labels on the device (or pinned on the host when too big), gathered per batch."""
+
+    def __init__(self, dataset: ImageDataset, device: torch.device) -> None:
+        self.device = device
+        images, labels = dataset.images, dataset.labels
+        if device.type == "cuda":
+            if images.numel() * images.element_size() <= DEVICE_DATA_LIMIT_BYTES:
+                images = images.pin_memory().to(device, non_blocking=True)
+                labels = labels.pin_memory().to(device, non_blocking=True)
+            else:
+                images, labels = images.pin_memory(), labels.pin_memory()
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def get(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.images.device == self.device:
+            index = index.to(self.device, non_blocking=True)
+            return self.images[index], self.labels[index]
+        x, y = self.images[index].pin_memory(), self.labels[index].pin_memory()
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+def _to_float(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    x = x.float().div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: _Batches, batch_size: int, channels_last: bool = False) -> float:
+    """Top-1 accuracy in float32 and eval mode (the model is put back in its previous mode)."""
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.int64, device=data.device)
+    try:
+        for start in range(0, len(data), batch_size):
+            index = torch.arange(start, min(start + batch_size, len(data)))
+            x, y = data.get(index)
+            correct += (model(_to_float(x, channels_last)).argmax(1) == y).sum()
+    finally:
+        model.train(was_training)
+    return int(correct) / max(len(data), 1)
+
+
+# ------------------------------------------------------------------------------------ trainer state
+def _flatten_config(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and key != "kwargs":
+            out.update(_flatten_config(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def _check_same_run(saved: dict[str, Any], config: TrainConfig, out_dir: Path) -> None:
+    old, new = _flatten_config(saved), _flatten_config(config.model_dump(mode="json"))
+    for key in sorted(set(old) | set(new)):
+        if key not in RESUMABLE_CHANGES and old.get(key) != new.get(key):
+            raise UserError(
+                f"{out_dir} holds a run with {key}={old.get(key)!r}, this config has {new.get(key)!r}: "
+                "use another out folder, or delete it to start over"
+            )
+
+
+def _save_state(
+    out_dir: Path,
+    *,
+    epoch: int,
+    config: TrainConfig,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler | None,
+    generator: torch.Generator,
+    device: torch.device,
+    scalars: dict[str, Any],
+) -> None:
+    """Optimizer/RNG tensors as safetensors, everything else as JSON (written last: the commit mark)."""
+    tensors: dict[str, torch.Tensor] = {
+        "rng.generator": generator.get_state(),
+        "rng.torch_cpu": torch.get_rng_state(),
+    }
+    if device.type == "cuda":
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
+    opt = optimizer.state_dict()
+    per_param: dict[str, dict[str, Any]] = {}
+    for pid, entries in opt["state"].items():
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{pid}.{name}"] = value
+            else:
+                per_param.setdefault(str(pid), {})[name] = value
+    sched = scheduler.state_dict()
+    sched["lr_lambdas"] = [None] * len(sched.get("lr_lambdas", []))
+    state = {
+        "format_version": STATE_FORMAT_VERSION,
+        "epoch": epoch,
+        "config": config.model_dump(mode="json"),
+        "weights_sha256": sha256_file(out_dir / "last.safetensors"),
+        "optimizer": {"param_groups": opt["param_groups"], "scalars": per_param},
+        "scheduler": sched,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        **scalars,
+    }
+    save_tensors_atomic(state_dict_for_saving(tensors), out_dir / f"{STATE_NAME}.safetensors")
+    atomic_write_json(out_dir / f"{STATE_NAME}.json", state)
+
+
+def _load_state(out_dir: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+    path = out_dir / f"{STATE_NAME}.json"
+    if not path.is_file():
+        return None
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot resume: {path} is unreadable ({exc}); delete {out_dir} to start over") from None
+    if state.get("format_version") != STATE_FORMAT_VERSION:
+        raise UserError(f"cannot resume: {path} has an unknown format; delete {out_dir} to start over")
+    weights = out_dir / "last.safetensors"
+    if not weights.is_file() or sha256_file(weights) != state.get("weights_sha256"):
+        raise UserError(
+            f"cannot resume: {weights} does not belong to {path.name} (saving was cut off); "
+            f"delete {out_dir} to start over"
+        )
+    return state, load_tensors(out_dir / f"{STATE_NAME}.safetensors")
+
+
+def _write_history(out_dir: Path, history: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in HISTORY_COLUMNS})
+    atomic_write_text(out_dir / "history.csv", buf.getvalue())
+
+
+# -------------------------------------------------------------------------------------------- train
+def train(config: TrainConfig, progress: bool = True) -> TrainResult:
+    """Train ``config.model`` on ``config.data`` and write checkpoints to the out folder.
+
+    Resumes automatically when the out folder holds a ``last`` checkpoint of the same run. Returns a
+    :class:`TrainResult`; prints one summary line at the end.
+    """
+    device = resolve_device(config.device)
+    out_dir = out_dir_for(config)
+    saved = _load_state(out_dir)
+    if saved is not None:
+        _check_same_run(saved[0]["config"], config, out_dir)
+    elif (out_dir / "last.json").exists() or (out_dir / "best.json").exists():
+        raise UserError(f"{out_dir} holds checkpoints but no {STATE_NAME}.json to resume from: use another out folder")
+
+    train_ds, test_ds = load_splits(config)
+    fork_devices = [device] if device.type == "cuda" else []
+    benchmark_before = torch.backends.cudnn.benchmark
+    with torch.random.fork_rng(devices=fork_devices):
+        torch.manual_seed(config.seed)
+        if device.type == "cuda":
+            torch.cuda.manual_seed(config.seed)
+            torch.backends.cudnn.benchmark = True
+        try:
+            return _train(config, progress, device, out_dir, saved, train_ds, test_ds)
+        finally:
+            torch.backends.cudnn.benchmark = benchmark_before
+
+
+def _train(
+    config: TrainConfig,
+    progress: bool,
+    device: torch.device,
+    out_dir: Path,
+    saved: tuple[dict[str, Any], dict[str, torch.Tensor]] | None,
+    train_ds: ImageDataset,
+    test_ds: ImageDataset,
+) -> TrainResult:
+    model = build_model(config, train_ds)
+    channels_last = config.channels_last and device.type == "cuda"
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    _check_input_size(model, config, train_ds, device)
+
+    n = len(train_ds)
+    bs = min(config.batch_size, n)
+    steps_per_epoch = math.ceil(n / bs) - (1 if n % bs == 1 and n > 1 else 0)  # no batch of one (BatchNorm)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=False
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(steps_per_epoch, config))
+    amp_dtype = _amp_dtype(config, device)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    generator = torch.Generator().manual_seed(derive_seed(config.seed, "train-batches"))
+
+    start_epoch, best_acc, best_epoch, history, last_acc = 0, -1.0, 0, [], float("nan")
+    if saved is not None:
+        state, tensors = saved
+        start_epoch = int(state["epoch"])
+        best_acc, best_epoch = float(state["best_acc"]), int(state["best_epoch"])
+        history, last_acc = list(state["history"]), float(state["last_acc"])
+        _restore(model, optimizer, scheduler, scaler, generator, device, out_dir, state, tensors)
+        if progress:
+            print(f"resuming {out_dir} after epoch {start_epoch}", file=sys.stderr)
+
+    train_data, test_data = _Batches(train_ds, device), _Batches(test_ds, device)
+    eval_bs = max(bs, 256)
+    card_base = _card_base(config, train_ds, test_ds, device)
+    pad, flip = config.augment.crop_padding, config.augment.flip
+    autocast = (
+        torch.autocast(device_type="cuda", dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+    )
+
+    from tqdm.auto import tqdm
+
+    bar = None
+    epoch = start_epoch
+    try:
+        for epoch in range(start_epoch + 1, config.epochs + 1):
+            model.train()
+            perm = torch.randperm(n, generator=generator)
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), dtype=torch.int64, device=device)
+            seen = 0
+            bar = tqdm(
+                total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}", leave=False,
+                disable=not progress, file=sys.stderr, dynamic_ncols=True,
+            )
+            t0 = time.perf_counter()
+            for step in range(steps_per_epoch):
+                index = perm[step * bs : (step + 1) * bs if step < steps_per_epoch - 1 else n]
+                x, y = train_data.get(index)
+                x = _to_float(augment(x, generator, pad, flip), channels_last)
+                with autocast:
+                    logits = model(x)
+                    loss = F.cross_entropy(logits, y)
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    optimizer.step()
+                lr_used = optimizer.param_groups[0]["lr"]
+                scheduler.step()
+                loss_sum += loss.detach().float() * y.shape[0]
+                correct += (logits.detach().argmax(1) == y).sum()
+                seen += int(y.shape[0])
+                bar.update(1)
+                if progress and (step % 10 == 9 or step == steps_per_epoch - 1):
+                    rate = seen / max(time.perf_counter() - t0, 1e-9)
+                    bar.set_postfix(
+                        loss=f"{float(loss_sum) / seen:.3f}", acc=f"{int(correct) / seen:.3f}", img_s=f"{rate:.0f}"
+                    )
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            train_seconds = time.perf_counter() - t0
+            bar.close()
+            train_loss = float(loss_sum) / seen
+            if not math.isfinite(train_loss):
+                raise UserError(
+                    f"training diverged (loss {train_loss} in epoch {epoch}): lower lr or add warmup_epochs; "
+                    f"{out_dir / 'last.safetensors'} holds the previous epoch"
+                )
+            test_acc = None
+            if epoch % config.eval_every == 0 or epoch == config.epochs:
+                test_acc = last_acc = evaluate(model, test_data, eval_bs, channels_last)
+            row = {
+                "epoch": epoch,
+                "lr": lr_used,
+                "train_loss": round(train_loss, 6),
+                "train_acc": round(int(correct) / seen, 6),
+                "test_acc": test_acc,
+                "images_per_s": round(seen / train_seconds, 1),
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
+            history.append(row)
+            improved = test_acc is not None and test_acc > best_acc
+            if improved:
+                best_acc, best_epoch = test_acc, epoch
+            with defer_keyboard_interrupt():
+                if improved:
+                    save_checkpoint(model, out_dir / "best", {**card_base, "epochs": epoch, "clean_test_accuracy": test_acc})
+                save_checkpoint(
+                    model,
+                    out_dir / "last",
+                    {**card_base, "epochs": epoch, "clean_test_accuracy": None if math.isnan(last_acc) else last_acc},
+                )
+                _save_state(
+                    out_dir, epoch=epoch, config=config, optimizer=optimizer, scheduler=scheduler,
+                    scaler=scaler, generator=generator, device=device,
+                    scalars={"best_acc": best_acc, "best_epoch": best_epoch, "last_acc": last_acc, "history": history},
+                )
+                _write_history(out_dir, history)
+            if progress:
+                shown = "-" if test_acc is None else f"{test_acc:.4f}"
+                tqdm.write(
+                    f"epoch {epoch}/{config.epochs}  lr {lr_used:.4g}  loss {train_loss:.4f}  "
+                    f"train acc {row['train_acc']:.4f}  test acc {shown}  {row['images_per_s']:.0f} img/s",
+                    file=sys.stderr,
+                )
+    except KeyboardInterrupt:
+        if bar is not None:
+            bar.close()
+        print(
+            f"\ninterrupted in epoch {epoch}: {out_dir / 'last.safetensors'} holds epoch {epoch - 1}; "
+            "run the same command again to resume",
+            file=sys.stderr,
+        )
+        raise
+
+    rates = [r["images_per_s"] for r in history if r.get("images_per_s")]
+    ips = f", {sum(rates) / len(rates):.0f} img/s" if rates else ""
+    print(
+        f"trained {config.model.name} on {config.data.name} for {len(history)} epochs: "
+        f"best test acc {best_acc:.4f} (epoch {best_epoch}), last {last_acc:.4f}{ips} -> {out_dir}"
+    )
+    return TrainResult(
+        out_dir=out_dir,
+        best_path=out_dir / "best.safetensors",
+        last_path=out_dir / "last.safetensors",
+        best_acc=best_acc,
+        history=history,
+        best_epoch=best_epoch,
+        final_acc=last_acc,
+        resumed_from=start_epoch,
+    )
+
+
+def _check_input_size(model: nn.Module, config: TrainConfig, dataset: ImageDataset, device: torch.device) -> None:
+    """One forward of two images in eval mode, so a size mismatch is a clear error, not a traceback."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            x = dataset.images[:2].to(device).float().div_(255.0)
+            out = model(x)
+    except RuntimeError as exc:
+        h, w = dataset.image_size
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"model {config.model.name!r} cannot take the {h}x{w} images of {config.data.name!r} ({msg})"
+        ) from None
+    finally:
+        model.train(was_training)
+    if out.shape[-1] != dataset.num_classes:
+        raise UserError(
+            f"model {config.model.name!r} gives {out.shape[-1]} outputs for {dataset.num_classes} classes"
+        )
+
+
+def _card_base(config: TrainConfig, train_ds: ImageDataset, test_ds: ImageDataset, device: torch.device) -> dict:
+    h, w = train_ds.image_size
+    return {
+        "dataset": {
+            "name": config.data.name,
+            "kwargs": dict(config.data.kwargs),
+            "classes": list(train_ds.classes),
+            "num_classes": train_ds.num_classes,
+            "input_size": [3, h, w],
+            "mean": list(train_ds.mean),
+            "std": list(train_ds.std),
+            "n_train": len(train_ds),
+            "n_test": len(test_ds),
+        },
+        "input_size": [3, h, w],
+        "normalization": {"mean": list(train_ds.mean), "std": list(train_ds.std)},
+        "training": config.model_dump(mode="json"),
+        "seed": config.seed,
+        "device": device_description(device),
+    }
+
+
+def _restore(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler | None,
+    generator: torch.Generator,
+    device: torch.device,
+    out_dir: Path,
+    state: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+) -> None:
+    """Weights, optimizer momentum, scheduler, grad scaler and RNG states from ``last``."""
+    weights = load_tensors(out_dir / "last.safetensors", device=device)
+    model.load_state_dict(weights, strict=True)
+    opt_state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, pid, name = key.split(".", 2)
+            opt_state.setdefault(int(pid), {})[name] = value
+    for pid, entries in state["optimizer"]["scalars"].items():
+        opt_state.setdefault(int(pid), {}).update(entries)
+    optimizer.load_state_dict({"state": opt_state, "param_groups": state["optimizer"]["param_groups"]})
+    # keep momentum buffers in the parameters' memory format (channels_last on CUDA)
+    for param in model.parameters():
+        buf = optimizer.state.get(param, {}).get("momentum_buffer")
+        if isinstance(buf, torch.Tensor) and buf.stride() != param.stride():
+            optimizer.state[param]["momentum_buffer"] = torch.empty_like(param).copy_(buf)
+    scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    generator.set_state(tensors["rng.generator"])
+    torch.set_rng_state(tensors["rng.torch_cpu"])
+    if device.type == "cuda" and "rng.cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["rng.cuda"], device)

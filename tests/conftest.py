@@ -1,0 +1,44 @@
+"""Shared fixtures: two small trained checkpoints (a baseline and an attention model).
+
+They are trained once per test session on the embedded cluttered-digits data, at a tiny width, so
+every test that needs a real trained model (sweeps, CLI, reports) shares the same few seconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+TINY = {"width": 0.125}
+
+
+def _train(root: Path, name: str) -> Path:
+    from robustbench_lta.config import TrainConfig, validate
+    from robustbench_lta.training.trainer import train
+
+    cfg = validate(TrainConfig, {
+        "model": {"name": name, **TINY},
+        "data": {"name": "cluttered-digits", "n_train": 2000, "n_test": 300},
+        "augment": {"flip": False, "crop_padding": 2},
+        "epochs": 4, "batch_size": 64, "lr": 0.05, "lr_step_epochs": 3, "seed": 0,
+        "out": str(root / name),
+    })
+    result = train(cfg, progress=False)
+    return Path(result.best_path)
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ckpt")
+    return {name: _train(root, name) for name in ("vgg16", "vgg16_att2_concat_pc")}
+
+
+@pytest.fixture(scope="session")
+def digits_test_data():
+    from robustbench_lta.data.registry import load_dataset
+
+    return load_dataset("cluttered-digits", split="test", n=300)
