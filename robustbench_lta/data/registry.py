@@ -269,7 +269,7 @@ def _check_kwargs(fn: Loader, name: str, kw: dict[str, Any]) -> None:
     params = inspect.signature(fn).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
-    fixed = {"split", "root", "download", "n", "seed"}
+    fixed = {"split", "root", "download", "n", "seed", "path", "name"}
     allowed = sorted(p for p in params if p not in fixed)
     for key in kw:
         if key not in params or key in fixed:

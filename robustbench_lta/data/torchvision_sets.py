@@ -45,8 +45,9 @@ def _svhn_available(root: Path) -> bool:
 
 
 def _missing(title: str, root: Path) -> UserError:
+    shown = str(root) if root.is_absolute() or str(root).startswith(".") else f"./{root}"
     return UserError(
-        f"{title} not found under {root}: pass --set data.download=true (or data.root=PATH, "
+        f"{title} not found under {shown}: pass --set data.download=true (or data.root=PATH, "
         "or set ROBUSTBENCH_LTA_DATA)"
     )
 

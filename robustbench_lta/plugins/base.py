@@ -128,7 +128,7 @@ class Attack(abc.ABC):
                 p.requires_grad_(False)
             yield model
         finally:
-            for p, flag in zip(params, saved):
+            for p, flag in zip(params, saved, strict=True):
                 p.requires_grad_(flag)
 
     @classmethod

@@ -33,9 +33,17 @@ from .base import Attack, AttackKind, ThreatModel
 
 _HIDDEN = {"init_attack", "distance", "tensorboard"}
 _DECISION = {
-    "BoundaryAttack", "HopSkipJumpAttack", "PointwiseAttack", "LinearSearchBlendedUniformNoiseAttack",
-    "BinarySearchContrastReductionAttack", "LinearSearchContrastReductionAttack", "GaussianBlurAttack",
-    "SaltAndPepperNoiseAttack", "BinarizationRefinementAttack", "DatasetAttack", "InversionAttack",
+    "BoundaryAttack",
+    "HopSkipJumpAttack",
+    "PointwiseAttack",
+    "LinearSearchBlendedUniformNoiseAttack",
+    "BinarySearchContrastReductionAttack",
+    "LinearSearchContrastReductionAttack",
+    "GaussianBlurAttack",
+    "SaltAndPepperNoiseAttack",
+    "BinarizationRefinementAttack",
+    "DatasetAttack",
+    "InversionAttack",
 }
 _P_TO_TM = {float("inf"): "linf", 2.0: "l2", 0.0: "l0"}
 _ITER_KEYWORDS = ("steps", "repeats", "binary_search_steps", "directions")
@@ -54,15 +62,20 @@ def _library() -> Any:
 def _library_class(class_name: str) -> type:
     fb = _library()
     base = fb.attacks.base.Attack
-    names = sorted(n for n in dir(fb.attacks) if isinstance(getattr(fb.attacks, n), type)
-                   and issubclass(getattr(fb.attacks, n), base))
+    names = sorted(
+        n
+        for n in dir(fb.attacks)
+        if isinstance(getattr(fb.attacks, n), type) and issubclass(getattr(fb.attacks, n), base)
+    )
     cls = getattr(fb.attacks, class_name, None)
     if not (isinstance(cls, type) and issubclass(cls, base)) or inspect.isabstract(cls):
         close = difflib.get_close_matches(class_name, names, n=3, cutoff=0.5)
         hint = f" (did you mean {', '.join('fb:' + c for c in close)}?)" if close else ""
         raise UserError(f"foolbox has no attack class '{class_name}'{hint}; names are case-sensitive")
     if not issubclass(cls, (fb.attacks.base.FixedEpsilonAttack, fb.attacks.base.MinimizationAttack)):
-        raise UserError(f"fb:{class_name} is neither a fixed-epsilon nor a minimization attack; not supported")
+        raise UserError(
+            f"fb:{class_name} is neither a fixed-epsilon nor a minimization attack; not supported"
+        )
     return cls
 
 
@@ -115,15 +128,19 @@ class FoolboxAttack(Attack):
         super().__init__(seed=seed, **params)
         missing = sorted(k for k in self.required if self.params.get(k) is None)
         if missing:
-            raise UserError(f"{self.name}: parameter(s) {', '.join(missing)} must be set (no default in foolbox)")
+            raise UserError(
+                f"{self.name}: parameter(s) {', '.join(missing)} must be set (no default in foolbox)"
+            )
 
     def _build(self) -> Any:
         fb = _library()
         kwargs = {k: v for k, v in self.params.items() if k != "threat_model"}
         if self.takes_distance:
-            kwargs["distance"] = {"linf": fb.distances.linf, "l2": fb.distances.l2, "l0": fb.distances.l0}.get(
-                self.threat_model.value, fb.distances.linf
-            )
+            kwargs["distance"] = {
+                "linf": fb.distances.linf,
+                "l2": fb.distances.l2,
+                "l0": fb.distances.l0,
+            }.get(self.threat_model.value, fb.distances.linf)
         try:
             return self.library_class(**kwargs)
         except (TypeError, ValueError) as exc:
@@ -160,13 +177,19 @@ def foolbox_attack_class(class_name: str, params: dict[str, Any] | None = None) 
     if params.get("threat_model") is not None:
         tm = str(params["threat_model"]).lower()
         if tm not in {t.value for t in ThreatModel}:
-            raise UserError(f"fb:{class_name}: threat_model {params['threat_model']!r} is invalid; use linf, l2, l0")
+            raise UserError(
+                f"fb:{class_name}: threat_model {params['threat_model']!r} is invalid; use linf, l2, l0"
+            )
     else:
         p = _distance_p(lib_cls)
         if p is None:
-            raise UserError(f"fb:{class_name}: cannot tell its norm; set the parameter threat_model (linf, l2 or l0)")
+            raise UserError(
+                f"fb:{class_name}: cannot tell its norm; set the parameter threat_model (linf, l2 or l0)"
+            )
         if p not in _P_TO_TM:
-            raise UserError(f"fb:{class_name} measures perturbations in L{p:g}; only linf, l2 and l0 are supported")
+            raise UserError(
+                f"fb:{class_name} measures perturbations in L{p:g}; only linf, l2 and l0 are supported"
+            )
         tm = _P_TO_TM[p]
     key = (class_name, tm)
     if key in _CACHE:

@@ -118,13 +118,19 @@ def register_attack(cls: A) -> A:
         cls.kind = AttackKind(cls.kind)
     except ValueError:
         raise UserError(
-            f"attack '{name}': kind {cls.kind!r} is invalid; use one of {', '.join(k.value for k in AttackKind)}"
+            f"attack '{name}': kind {cls.kind!r} is invalid; "
+            f"use one of {', '.join(k.value for k in AttackKind)}"
         ) from None
     if not isinstance(cls.defaults, dict):
         raise UserError(f"attack '{name}': defaults must be a dict of parameter -> default value")
     if getattr(cls, "__abstractmethods__", None):
         missing = ", ".join(sorted(cls.__abstractmethods__))
         raise UserError(f"attack '{name}' ({where}) does not implement {missing}")
+    if not _current_source:
+        # A class registered from plain Python: load the built-ins and entry points first, so a
+        # clash with one of them is reported now, not later from an unrelated discover().
+        _load_builtins()
+        _load_entry_points()
     source = _current_source[-1] if _current_source else "python"
     existing = _REGISTRY.get(name)
     if existing is not None and existing is not cls and existing.source != source:
@@ -153,7 +159,9 @@ def _load_builtins() -> None:
             except UserError:
                 raise
             except Exception as exc:
-                raise UserError(f"built-in attack module {module_name} failed to import: {_one_line(exc)}") from exc
+                raise UserError(
+                    f"built-in attack module {module_name} failed to import: {_one_line(exc)}"
+                ) from exc
     _builtins_loaded = True
 
 
@@ -294,4 +302,3 @@ def get_attack(name: str, seed: int = 0, **params: Any) -> Attack:
     """Build the attack ``name`` with ``seed`` and parameters (unknown parameters: UserError)."""
     cls = get_attack_class(name, params)
     return cls(seed=seed, **params)
-

@@ -35,16 +35,48 @@ _ITER_KEYWORDS = ("steps", "n_queries", "num_iter_set", "max_iterations", "nb_it
 _NOT_SUPPORTED = {"Attack", "MultiAttack", "LGV"}  # need other attacks / a data loader as arguments
 #: norm reported for classes whose name does not say it
 _KNOWN_NORM = {
-    "CW": "l2", "DeepFool": "l2", "EADL1": "l2", "EADEN": "l2", "JSMA": "l0", "OnePixel": "l0",
-    "Pixle": "l0", "SparseFool": "l0", "GN": "linf", "VANILA": "none",
+    "CW": "l2",
+    "DeepFool": "l2",
+    "EADL1": "l2",
+    "EADEN": "l2",
+    "JSMA": "l0",
+    "OnePixel": "l0",
+    "Pixle": "l0",
+    "SparseFool": "l0",
+    "GN": "linf",
+    "VANILA": "none",
 }
 _KNOWN_KIND = {
-    "Square": AttackKind.SCORE, "SPSA": AttackKind.SCORE, "OnePixel": AttackKind.SCORE,
-    "Pixle": AttackKind.SCORE, "GN": AttackKind.RANDOM, "VANILA": AttackKind.RANDOM,
+    "Square": AttackKind.SCORE,
+    "SPSA": AttackKind.SCORE,
+    "OnePixel": AttackKind.SCORE,
+    "Pixle": AttackKind.SCORE,
+    "GN": AttackKind.RANDOM,
+    "VANILA": AttackKind.RANDOM,
 }
-_RANDOMIZED = {"Square", "SPSA", "OnePixel", "Pixle", "GN", "APGD", "APGDT", "FAB", "AutoAttack",
-               "EOTPGD", "DIFGSM", "TIFGSM", "Jitter", "PGDRS", "PGDRSL2", "VMIFGSM", "VNIFGSM",
-               "RFGSM", "FFGSM", "PIFGSM", "PIFGSMPP"}
+_RANDOMIZED = {
+    "Square",
+    "SPSA",
+    "OnePixel",
+    "Pixle",
+    "GN",
+    "APGD",
+    "APGDT",
+    "FAB",
+    "AutoAttack",
+    "EOTPGD",
+    "DIFGSM",
+    "TIFGSM",
+    "Jitter",
+    "PGDRS",
+    "PGDRSL2",
+    "VMIFGSM",
+    "VNIFGSM",
+    "RFGSM",
+    "FFGSM",
+    "PIFGSM",
+    "PIFGSMPP",
+}
 _NORM_TO_TM = {"linf": "linf", "l2": "l2", "l0": "l0", "l1": None}
 _TM_TO_NORM = {"linf": "Linf", "l2": "L2"}
 
@@ -63,7 +95,8 @@ def _library_class(class_name: str) -> type:
     ta = _library()
     base = ta.attack.Attack
     names = sorted(
-        n for n in dir(ta)
+        n
+        for n in dir(ta)
         if isinstance(getattr(ta, n), type) and issubclass(getattr(ta, n), base) and n not in _NOT_SUPPORTED
     )
     cls = getattr(ta, class_name, None)
@@ -90,7 +123,8 @@ def _resolve_threat_model(class_name: str, sig: dict[str, Any], params: dict[str
         value = str(params["threat_model"]).lower()
         if value not in {t.value for t in ThreatModel}:
             raise UserError(
-                f"ta:{class_name}: threat_model {params['threat_model']!r} is invalid; use linf, l2, l0 or none"
+                f"ta:{class_name}: threat_model {params['threat_model']!r} is invalid; "
+                "use linf, l2, l0 or none"
             )
         return value
     if "norm" in sig:

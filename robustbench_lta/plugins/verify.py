@@ -86,7 +86,9 @@ def verify_batch(
             False, f"the attack returned shape {tuple(x_adv.shape)} but the input has {tuple(x.shape)}", None
         )
     if not x_adv.is_floating_point():
-        return Verification(False, f"the attack returned dtype {x_adv.dtype}; a floating dtype is needed", None)
+        return Verification(
+            False, f"the attack returned dtype {x_adv.dtype}; a floating dtype is needed", None
+        )
     n = x.shape[0]
     flat = x_adv.detach().reshape(n, -1)
     finite = torch.isfinite(flat).all(dim=1)

@@ -40,7 +40,7 @@ from torch import nn
 from ..config import TrainConfig
 from ..data.registry import ImageDataset, load_dataset
 from ..errors import UserError
-from ..models.registry import create_model
+from ..models.registry import create_model, model_info
 from ..utils import atomic_write_json, atomic_write_text, derive_seed, device_description, resolve_device
 from .checkpoint import (
     defer_keyboard_interrupt,
@@ -298,6 +298,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     Resumes automatically when the out folder holds a ``last`` checkpoint of the same run. Returns a
     :class:`TrainResult`; prints one summary line at the end.
     """
+    model_info(config.model.name)  # an unknown name fails here, before any data is loaded
     device = resolve_device(config.device)
     out_dir = out_dir_for(config)
     saved = _load_state(out_dir)
@@ -425,7 +426,7 @@ def _train(
                 "lr": lr_used,
                 "train_loss": round(train_loss, 6),
                 "train_acc": round(int(correct) / seen, 6),
-                "test_acc": test_acc,
+                "test_acc": None if test_acc is None else round(test_acc, 6),
                 "images_per_s": round(seen / train_seconds, 1),
                 "seconds": round(time.perf_counter() - t0, 3),
             }
@@ -466,8 +467,9 @@ def _train(
 
     rates = [r["images_per_s"] for r in history if r.get("images_per_s")]
     ips = f", {sum(rates) / len(rates):.0f} img/s" if rates else ""
+    done = "already trained" if start_epoch >= config.epochs else "trained"
     print(
-        f"trained {config.model.name} on {config.data.name} for {len(history)} epochs: "
+        f"{done} {config.model.name} on {config.data.name} for {len(history)} epoch(s): "
         f"best test acc {best_acc:.4f} (epoch {best_epoch}), last {last_acc:.4f}{ips} -> {out_dir}"
     )
     return TrainResult(

@@ -1,0 +1,83 @@
+"""PGD-Linf: projected gradient descent with random restarts (Madry et al.)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustbench_lta.plugins import Attack, AttackKind, ThreatModel, register_attack
+
+
+@register_attack
+class PGDLinf(Attack):
+    r"""PGD (Linf): signed-gradient ascent on the cross-entropy, projected onto the eps-ball.
+
+    'Towards Deep Learning Models Resistant to Adversarial Attacks' [https://arxiv.org/abs/1706.06083]
+
+    Distance Measure : Linf
+
+    Each restart starts at a uniform random point of the eps-ball (``random_start``; drawn from
+    the attack's seeded generator), takes ``steps`` steps ``x <- P(x + alpha * sign(grad))`` and is
+    evaluated at every iterate. Per sample the result is the first iterate that fools the model;
+    if none does, the iterate with the highest loss. So more steps or restarts never make the
+    attack weaker, and the clean point (or FGSM-like first step) is not lost to a bad final step.
+
+    Arguments:
+        steps (int): gradient steps per restart. (Default: 10)
+        alpha (float or None): step size; None means ``2.5 * eps / steps``. (Default: None)
+        restarts (int): random restarts, best kept per sample. (Default: 1)
+        random_start (bool): start at a random point of the ball instead of x. (Default: True)
+
+    Shape:
+        - x: :math:`(N, C, H, W)` floats in [0, 1]; y: :math:`(N)` int64.
+        - output: :math:`(N, C, H, W)` in [0, 1], ``|x_adv - x|_inf <= eps``.
+    """
+
+    name = "pgd-linf"
+    threat_model = ThreatModel.LINF
+    kind = AttackKind.WHITE_BOX
+    iterative = True
+    randomized = True
+    defaults = {"steps": 10, "alpha": None, "restarts": 1, "random_start": True}
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+        eps = float(eps)
+        steps, restarts = int(self.params["steps"]), max(1, int(self.params["restarts"]))
+        if eps <= 0:
+            return x.detach().clone()
+        alpha = float(self.params["alpha"]) if self.params["alpha"] is not None else 2.5 * eps / max(steps, 1)
+        gen = self.generator(x.device)
+        x = x.detach()
+        best = x.clone()
+        best_loss = torch.full((x.shape[0],), -float("inf"), device=x.device)
+        best_hit = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+
+        def keep(x_adv: torch.Tensor, logits: torch.Tensor) -> None:
+            loss = F.cross_entropy(logits, y, reduction="none").detach()
+            hit = logits.argmax(dim=1) != y
+            take = ~best_hit & (hit | (loss > best_loss))
+            best[take] = x_adv[take].detach()
+            best_loss[take] = loss[take]
+            best_hit.logical_or_(hit)
+
+        for _ in range(restarts):
+            if self.params["random_start"]:
+                noise = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+                x_adv = (x + (2 * noise - 1) * eps).clamp(0.0, 1.0)
+            else:
+                x_adv = x.clone()
+            for _ in range(steps):
+                x_in = x_adv.clone().requires_grad_(True)
+                with torch.enable_grad():
+                    logits = model(x_in)
+                    loss = F.cross_entropy(logits, y, reduction="sum")
+                    (grad,) = torch.autograd.grad(loss, x_in)
+                keep(x_adv, logits.detach())
+                x_adv = x_adv + alpha * grad.sign()
+                x_adv = torch.max(torch.min(x_adv, x + eps), x - eps).clamp(0.0, 1.0).detach()
+            with torch.no_grad():
+                keep(x_adv, model(x_adv))
+            if bool(best_hit.all()):
+                break
+        return best

@@ -1,0 +1,304 @@
+"""Plugin registry, discovery, verification of attack outputs, and user-facing errors."""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from robustbench_lta.errors import UserError
+from robustbench_lta.plugins import (
+    Attack,
+    AttackKind,
+    ThreatModel,
+    discover,
+    get_attack,
+    list_attacks,
+    perturbation_norms,
+    register_attack,
+    verify_batch,
+)
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 3)).eval()
+
+
+def _batch(n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    return torch.rand(n, 3, 4, 4, generator=gen), torch.randint(0, 3, (n,), generator=gen)
+
+
+# -- perturbation norms and verification ------------------------------------------------------
+def test_perturbation_norms() -> None:
+    x = torch.zeros(2, 3, 2, 2)
+    x_adv = x.clone()
+    x_adv[0, :, 0, 0] = 0.1  # one pixel, all three channels
+    x_adv[1, 0, 0, 0] = 0.3
+    x_adv[1, 2, 1, 1] = 0.4  # two pixels
+    assert torch.allclose(perturbation_norms(x, x_adv, "linf"), torch.tensor([0.1, 0.4]))
+    assert torch.allclose(perturbation_norms(x, x_adv, "l2"), torch.tensor([math.sqrt(0.03), 0.5]))
+    assert perturbation_norms(x, x_adv, "l0").tolist() == [1.0, 2.0]
+    assert torch.equal(perturbation_norms(x, x_adv, ThreatModel.NONE), perturbation_norms(x, x_adv, "linf"))
+    assert perturbation_norms(x, x_adv, "l2").dtype == torch.float32
+
+
+def test_verify_batch_accepts_valid_and_flags_problems() -> None:
+    x, _ = _batch(128)
+    x = 0.25 + 0.5 * x  # away from 0 and 1, so nothing below is clipped
+    eps = 8 / 255
+    ok = (x + eps * torch.sign(torch.randn_like(x))).clamp(0, 1)
+    assert verify_batch(x, ok, eps, "linf", True).ok
+
+    over = ok.clone()
+    over[:3] = x[:3] + 0.04 * torch.sign(torch.randn_like(x[:3]))
+    res = verify_batch(x, over, eps, "linf", True)
+    assert not res.ok
+    assert res.reason == "3 of 128 samples exceed the linf budget 0.03137 (max 0.04)"
+    assert res.norms is not None and res.norms.shape == (128,)
+    # unbounded attacks are not held to eps
+    assert verify_batch(x, over, eps, "linf", False).ok
+
+    nan = ok.clone()
+    nan[5, 0, 0, 0] = float("nan")
+    res = verify_batch(x, nan, eps, "linf", True)
+    assert not res.ok and "NaN" in res.reason and "1 of 128" in res.reason
+
+    out_of_range = ok.clone()
+    out_of_range[0, 0, 0, 0] = 1.01
+    res = verify_batch(x, out_of_range, eps, "linf", False)
+    assert not res.ok and "[0,1]" in res.reason
+
+    res = verify_batch(x, ok[:, :, :2], eps, "linf", True)
+    assert not res.ok and "shape" in res.reason
+    res = verify_batch(x, (ok * 255).to(torch.uint8), eps, "linf", True)
+    assert not res.ok and "dtype" in res.reason
+    assert not verify_batch(x, ok.numpy(), eps, "linf", True).ok
+
+
+def test_verify_batch_l2_and_tolerance() -> None:
+    x = torch.full((2, 3, 4, 4), 0.5)
+    delta = torch.randn_like(x)
+    delta = delta / delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    assert verify_batch(x, x + 0.5 * delta, 0.5, "l2", True).ok  # exactly on the sphere
+    res = verify_batch(x, x + 0.6 * delta, 0.5, "l2", True)
+    assert not res.ok and "2 of 2 samples exceed the l2 budget 0.5 (max 0.6)" in res.reason
+    assert verify_batch(x, x + 0.6 * delta, float("inf"), "l2", True).ok
+
+
+# -- registration ------------------------------------------------------------------------------
+def test_register_attack_validates() -> None:
+    with pytest.raises(UserError, match="name"):
+
+        @register_attack
+        class BadName(Attack):
+            name = "Bad Name"
+
+            def perturb(self, model, x, y, eps):
+                return x
+
+    with pytest.raises(UserError, match="threat_model"):
+
+        @register_attack
+        class BadNorm(Attack):
+            name = "bad-norm-test"
+            threat_model = "l7"  # type: ignore[assignment]
+
+            def perturb(self, model, x, y, eps):
+                return x
+
+    with pytest.raises(UserError, match="perturb"):
+
+        @register_attack
+        class NoPerturb(Attack):  # type: ignore[abstract]
+            name = "no-perturb-test"
+
+    with pytest.raises(UserError, match="defined twice"):
+
+        @register_attack
+        class Clash(Attack):
+            name = "fgsm"
+
+            def perturb(self, model, x, y, eps):
+                return x
+
+
+def test_register_from_python_and_reregister_replaces() -> None:
+    @register_attack
+    class Identity(Attack):
+        """Returns the input unchanged."""
+
+        name = "identity-test"
+        threat_model = "linf"  # strings are converted to the enum
+
+        def perturb(self, model, x, y, eps):
+            return x.clone()
+
+    assert Identity.threat_model is ThreatModel.LINF and Identity.source == "python"
+
+    @register_attack
+    class Identity2(Identity):
+        name = "identity-test"
+
+    info = {a.name: a for a in list_attacks()}["identity-test"]
+    assert info.source == "python" and info.summary == "Returns the input unchanged."
+    assert isinstance(get_attack("identity-test"), Identity2)
+
+
+# -- lookup errors -----------------------------------------------------------------------------
+def test_unknown_attack_suggests_close_matches() -> None:
+    with pytest.raises(UserError, match="unknown attack 'pgd-lnf'.*pgd-linf"):
+        get_attack("pgd-lnf")
+
+
+def test_unknown_parameter() -> None:
+    with pytest.raises(UserError, match="unknown parameter.*stepz.*known: .*steps"):
+        get_attack("pgd-linf", stepz=3)
+
+
+def test_builtin_info_fields() -> None:
+    infos = {a.name: a for a in list_attacks()}
+    assert infos["fgsm"].multi_eps and infos["fgsm"].source == "builtin"
+    assert infos["pgd-linf"].iterative and infos["pgd-linf"].randomized
+    assert infos["cw-l2"].bounded is False and infos["cw-l2"].threat_model == "l2"
+    assert infos["boundary"].kind == AttackKind.DECISION.value
+    assert infos["gaussian-noise"].kind == "random"
+
+
+# -- folder plugins ------------------------------------------------------------------------------
+USER_PLUGIN = '''
+import torch
+from robustbench_lta.plugins import Attack, AttackKind, ThreatModel, register_attack
+
+
+@register_attack
+class SignNoise(Attack):
+    """Random signs of size eps: a user plugin."""
+
+    name = "user-sign-noise"
+    threat_model = ThreatModel.LINF
+    kind = AttackKind.RANDOM
+    randomized = True
+    defaults = {"scale": 1.0}
+
+    def perturb(self, model, x, y, eps):
+        gen = self.generator(x.device)
+        signs = torch.randint(0, 2, x.shape, generator=gen, device=x.device).to(x.dtype) * 2 - 1
+        return (x + self.params["scale"] * eps * signs).clamp(0, 1)
+'''
+
+BROKEN_PLUGIN = '''
+import torch
+from robustbench_lta.plugins import Attack, register_attack
+
+
+@register_attack
+class OverBudget(Attack):
+    """Moves twice as far as allowed."""
+
+    name = "broken-over-budget"
+
+    def perturb(self, model, x, y, eps):
+        return (x + 2 * eps).clamp(0, 1)
+
+
+@register_attack
+class MakesNaN(Attack):
+    """Returns NaN."""
+
+    name = "broken-nan"
+
+    def perturb(self, model, x, y, eps):
+        return torch.full_like(x, float("nan"))
+
+
+@register_attack
+class Raises(Attack):
+    """Crashes."""
+
+    name = "broken-raises"
+
+    def perturb(self, model, x, y, eps):
+        raise RuntimeError("boom")
+'''
+
+
+def test_user_plugin_folder_is_discovered(tmp_path: Path) -> None:
+    (tmp_path / "sign_noise.py").write_text(textwrap.dedent(USER_PLUGIN))
+    (tmp_path / "_helper.py").write_text("raise RuntimeError('private helpers are not imported')\n")
+    infos = {a.name: a for a in discover([tmp_path])}
+    info = infos["user-sign-noise"]
+    assert info.source == f"folder:{tmp_path.resolve()}"
+    assert info.kind == "random" and info.summary == "Random signs of size eps: a user plugin."
+    assert "user-sign-noise" in {a.name for a in list_attacks()}
+    # idempotent: discovering again (same or overlapping folder sets) does not re-import or clash
+    discover([tmp_path])
+    discover([str(tmp_path)])
+    x, y = _batch()
+    attack = get_attack("user-sign-noise", seed=1, scale=0.5)
+    x_adv = attack(_model(), x, y, 0.1)
+    assert verify_batch(x, x_adv, 0.1, attack.threat_model, attack.bounded).ok
+
+
+def test_broken_plugins_fail_verification(tmp_path: Path) -> None:
+    (tmp_path / "broken.py").write_text(textwrap.dedent(BROKEN_PLUGIN))
+    discover([tmp_path])
+    model, (x, y) = _model(), _batch()
+    over = get_attack("broken-over-budget")
+    res = verify_batch(x, over(model, x, y, 0.05), 0.05, over.threat_model, over.bounded)
+    assert not res.ok and "exceed the linf budget" in res.reason
+    nan = get_attack("broken-nan")
+    res = verify_batch(x, nan(model, x, y, 0.05), 0.05, nan.threat_model, nan.bounded)
+    assert not res.ok and "NaN" in res.reason
+    with pytest.raises(RuntimeError, match="boom"):
+        get_attack("broken-raises")(model, x, y, 0.05)
+
+
+def test_plugin_that_fails_to_import(tmp_path: Path) -> None:
+    bad = tmp_path / "bad_plugin.py"
+    bad.write_text("import torch\nraise ValueError('missing\\nweights')\n")
+    with pytest.raises(UserError) as info:
+        discover([tmp_path])
+    message = str(info.value)
+    assert str(bad) in message and "ValueError: missing weights" in message and "\n" not in message
+    syntax = tmp_path / "syntax.py"
+    bad.unlink()
+    syntax.write_text("def broken(:\n")
+    with pytest.raises(UserError, match="syntax.py failed to import: SyntaxError"):
+        discover([tmp_path, tmp_path / "."])
+
+
+def test_duplicate_name_across_folders(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    code = textwrap.dedent(USER_PLUGIN).replace("user-sign-noise", "dup-test")
+    (a / "p.py").write_text(code)
+    (b / "p.py").write_text(code)
+    discover([a])
+    with pytest.raises(UserError, match="'dup-test' is defined twice.*rename"):
+        discover([b])
+
+
+def test_missing_plugin_folder(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="does not exist"):
+        discover([tmp_path / "nope"])
+
+
+def test_docs_example_works(tmp_path: Path) -> None:
+    """The complete example in docs/plugins.md runs as written."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
+    start = doc.index("```python\n", doc.index("<!-- example -->")) + len("```python\n")
+    code = doc[start : doc.index("```", start)]
+    (tmp_path / "my_attack.py").write_text(code)
+    infos = {a.name: a for a in discover([tmp_path])}
+    assert infos["random-sign"].source.startswith("folder:")
+    model, (x, y) = _model(), _batch()
+    attack = get_attack("random-sign", seed=0)
+    x_adv = attack(model, x, y, 8 / 255)
+    assert verify_batch(x, x_adv, 8 / 255, attack.threat_model, attack.bounded).ok
