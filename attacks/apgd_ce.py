@@ -45,7 +45,7 @@ class APGDCE(Attack):
         p = self.params
         if float(eps) <= 0:
             return x.detach().clone()
-        with self.frozen(model), self.global_rng(x.device):
+        with self.frozen(model), self.global_rng(x.device), torch.enable_grad():
             attack = torchattacks.APGD(
                 model,
                 norm="Linf",

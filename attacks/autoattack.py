@@ -43,7 +43,7 @@ class AutoAttack(Attack):
             return x.detach().clone()
         with torch.no_grad():
             n_classes = int(model(x[:1]).shape[1])
-        with self.frozen(model), self.global_rng(x.device):
+        with self.frozen(model), self.global_rng(x.device), torch.enable_grad():
             attack = torchattacks.AutoAttack(
                 model,
                 norm="Linf",

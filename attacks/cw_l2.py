@@ -42,7 +42,7 @@ class CWL2(Attack):
         import torchattacks
 
         p = self.params
-        with self.frozen(model), self.global_rng(x.device):
+        with self.frozen(model), self.global_rng(x.device), torch.enable_grad():
             attack = torchattacks.CW(
                 model, c=float(p["c"]), kappa=float(p["kappa"]), steps=int(p["steps"]), lr=float(p["lr"])
             )

@@ -47,7 +47,9 @@ def unpack(shared: Path, cache: Path) -> Path:
         if not (shared / name).is_file():
             sys.exit(f"error: {shared / name} is missing: the shared CIFAR-10 JPEG data is incomplete")
     stamp = hashlib.sha256(
-        "".join(f"{n}:{(shared / n).stat().st_size}:{(shared / n).stat().st_mtime_ns}" for n in ARCHIVES).encode()
+        "".join(
+            f"{n}:{(shared / n).stat().st_size}:{(shared / n).stat().st_mtime_ns}" for n in ARCHIVES
+        ).encode()
     ).hexdigest()[:16]
     marker = cache / f".unpacked-{stamp}"
     if marker.exists() and (cache / "train").is_dir() and (cache / "test").is_dir():

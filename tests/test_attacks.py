@@ -10,7 +10,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustbench_lta.errors import UserError
-from robustbench_lta.plugins import get_attack, get_attack_class, list_attacks, perturbation_norms, verify_batch
+from robustbench_lta.plugins import (
+    get_attack,
+    get_attack_class,
+    list_attacks,
+    perturbation_norms,
+    verify_batch,
+)
 
 N_CLASSES = 4
 SIZE = 8
@@ -103,7 +109,8 @@ def test_builtin_respects_budget_and_lowers_accuracy(name: str, tiny) -> None:
     attack = get_attack(name, seed=3, **FAST_PARAMS[name])
     eps = EPS[attack.threat_model.value]
     params_before = [p.detach().clone() for p in model.parameters()]
-    x_adv = attack(model, x, y, eps)
+    with torch.no_grad():  # attacks must turn gradients on themselves where they need them
+        x_adv = attack(model, x, y, eps)
     check = verify_batch(x, x_adv, eps, attack.threat_model, attack.bounded)
     assert check.ok, check.reason
     assert x_adv.dtype == x.dtype and x_adv.device == x.device
@@ -181,7 +188,8 @@ def test_torchattacks_adapter(tiny) -> None:
     model, x, y = tiny
     attack = get_attack("ta:PGD", steps=5)
     assert attack.threat_model.value == "linf" and attack.bounded and attack.iterative
-    x_adv = attack(model, x, y, 0.2)
+    with torch.no_grad():
+        x_adv = attack(model, x, y, 0.2)
     assert verify_batch(x, x_adv, 0.2, "linf", True).ok
     assert _acc(model, x_adv, y) < _acc(model, x, y)
     assert get_attack_class("ta:PGDL2").threat_model.value == "l2"
@@ -203,7 +211,8 @@ def test_foolbox_adapter(tiny) -> None:
     model, x, y = tiny
     attack = get_attack("fb:LinfPGD", steps=5)
     assert attack.threat_model.value == "linf" and attack.bounded and attack.multi_eps
-    outs = attack.perturb_many(model, x, y, [0.05, 0.2])
+    with torch.no_grad():
+        outs = attack.perturb_many(model, x, y, [0.05, 0.2])
     assert len(outs) == 2
     for eps, x_adv in zip([0.05, 0.2], outs, strict=True):
         assert verify_batch(x, x_adv, eps, "linf", True).ok

@@ -74,8 +74,20 @@ def test_training_beats_chance(trained) -> None:
 def test_card_has_all_fields_and_matching_sha(trained) -> None:
     card = read_card(trained.best_path)
     for key in (
-        "format_version", "created", "model", "dataset", "normalization", "input_size", "training",
-        "seed", "epochs", "clean_test_accuracy", "versions", "git_commit", "sha256", "weights",
+        "format_version",
+        "created",
+        "model",
+        "dataset",
+        "normalization",
+        "input_size",
+        "training",
+        "seed",
+        "epochs",
+        "clean_test_accuracy",
+        "versions",
+        "git_commit",
+        "sha256",
+        "weights",
     ):
         assert key in card, key
     assert card["model"]["name"] == ATT_MODEL
@@ -294,7 +306,13 @@ def test_shipped_configs_validate(path: Path) -> None:
     cfg = load_config(TrainConfig, path)
     model_info(cfg.model.name)
     if cfg.data.name in ("cifar10", "cifar100", "svhn"):
-        assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.lr_step_epochs, cfg.lr_gamma) == (300, 128, 0.1, 25, 0.5)
+        assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.lr_step_epochs, cfg.lr_gamma) == (
+            300,
+            128,
+            0.1,
+            25,
+            0.5,
+        )
         assert (cfg.momentum, cfg.weight_decay, cfg.data.download) == (0.9, 5e-4, False)
         assert cfg.augment.flip == (cfg.data.name != "svhn")
     else:

@@ -120,7 +120,7 @@ def _card_data_spec(card: Mapping[str, Any] | None) -> DataSpec | None:
     """The dataset a checkpoint was trained on, as a DataSpec (its test split is attacked)."""
     if not card:
         return None
-    training = card.get("training_config") or card.get("config") or {}
+    training = card.get("training") or card.get("training_config") or {}
     data = training.get("data") if isinstance(training, Mapping) else None
     if isinstance(data, Mapping) and data.get("name"):
         return DataSpec(name=data["name"], root=data.get("root"), kwargs=dict(data.get("kwargs") or {}))

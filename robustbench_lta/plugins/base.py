@@ -108,7 +108,9 @@ class Attack(abc.ABC):
         attack becomes reproducible and the caller's RNG stream is left exactly as it was.
         """
         dev = torch.device(device)
-        devices = [dev] if dev.type == "cuda" else []
+        devices = []
+        if dev.type == "cuda":
+            devices = [dev.index if dev.index is not None else torch.cuda.current_device()]
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed)
             yield

@@ -148,7 +148,7 @@ class FoolboxAttack(Attack):
 
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilons: list[float] | None) -> Any:
         fb = _library()
-        with self.frozen(model), self.global_rng(x.device):
+        with self.frozen(model), self.global_rng(x.device), torch.enable_grad():
             fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=x.device)
             attack = self._build()
             raw, clipped, _ = attack(fmodel, x.detach(), y.detach(), epsilons=epsilons)

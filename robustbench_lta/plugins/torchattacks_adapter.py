@@ -165,7 +165,7 @@ class TorchattacksAttack(Attack):
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         assert self.library_class is not None
         kwargs = self._library_kwargs(model, x, eps)
-        with self.frozen(model), self.global_rng(x.device):
+        with self.frozen(model), self.global_rng(x.device), torch.enable_grad():
             try:
                 attack = self.library_class(model, **kwargs)
             except (TypeError, ValueError) as exc:

@@ -123,7 +123,9 @@ def state_dict_for_saving(module_or_state: nn.Module | dict[str, torch.Tensor]) 
     return out
 
 
-def save_tensors_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+def save_tensors_atomic(
+    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
+) -> None:
     """``safetensors.torch.save_file`` to a temporary file in the same folder, fsync, rename."""
     from safetensors.torch import save_file
 
@@ -148,7 +150,9 @@ def load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, to
     try:
         return load_file(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise UserError(f"{path} is not a readable safetensors file ({exc}): re-create the checkpoint") from None
+        raise UserError(
+            f"{path} is not a readable safetensors file ({exc}): re-create the checkpoint"
+        ) from None
 
 
 def _stem(path: str | os.PathLike[str]) -> Path:
@@ -195,7 +199,7 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     if not card.is_file():
         if weights.is_file():
             raise UserError(
-                f"model card not found: {card} (the weights {weights.name} need their card to rebuild the model)"
+                f"model card not found: {card} (the weights {weights.name} need it to rebuild the model)"
             )
         raise UserError(f"checkpoint not found: {p}")
     if not weights.is_file():
@@ -210,7 +214,9 @@ def read_card(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         card = json.loads(card_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"model card {card_path} is not valid JSON ({exc}): re-create the checkpoint") from None
+        raise UserError(
+            f"model card {card_path} is not valid JSON ({exc}): re-create the checkpoint"
+        ) from None
     if not isinstance(card, dict) or not isinstance(card.get("model"), dict) or "name" not in card["model"]:
         raise UserError(f"model card {card_path} has no model.name: it was not written by save_checkpoint")
     version = card.get("format_version", 0)
@@ -261,7 +267,9 @@ def build_card(model: nn.Module, card: dict[str, Any] | None = None) -> dict[str
     return out
 
 
-def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], card: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    model: nn.Module, path: str | os.PathLike[str], card: dict[str, Any] | None = None
+) -> Path:
     """Write ``NAME.safetensors`` (weights) then ``NAME.json`` (card with the weights' sha256).
 
     ``path`` may be ``NAME``, ``NAME.safetensors`` or ``NAME.json``. Both files are written
@@ -270,7 +278,9 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], card: dict[s
     """
     stem = _stem(path)
     if Path(path).suffix.lower() in PICKLE_SUFFIXES:
-        raise UserError(f"save_checkpoint writes safetensors, not pickle: give NAME or NAME.safetensors, not {path}")
+        raise UserError(
+            f"save_checkpoint writes safetensors, not pickle: give NAME or NAME.safetensors, not {path}"
+        )
     weights, card_path = stem.with_suffix(WEIGHTS_SUFFIX), stem.with_suffix(CARD_SUFFIX)
     full = build_card(model, card)
     tensors = state_dict_for_saving(model)
@@ -304,7 +314,9 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
     card = read_card(card_path)
     expected = card.get("sha256")
     if not expected:
-        raise UserError(f"model card {card_path} has no sha256 of its weights: re-create it with save_checkpoint")
+        raise UserError(
+            f"model card {card_path} has no sha256 of its weights: re-create it with save_checkpoint"
+        )
     if sha256_file(weights) != expected:
         raise UserError(f"{weights}: weights do not match their card: file changed or corrupted")
     dev = resolve_device(device)

@@ -56,7 +56,17 @@ STATE_FORMAT_VERSION = 1
 HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "test_acc", "images_per_s", "seconds")
 #: Config keys that may change between an interrupted run and its resumption.
 RESUMABLE_CHANGES = frozenset(
-    {"epochs", "device", "amp", "channels_last", "num_workers", "eval_every", "out", "data.root", "data.download"}
+    {
+        "epochs",
+        "device",
+        "amp",
+        "channels_last",
+        "num_workers",
+        "eval_every",
+        "out",
+        "data.root",
+        "data.download",
+    }
 )
 #: Keep a whole split on the GPU when it is smaller than this (else gather batches on the CPU).
 DEVICE_DATA_LIMIT_BYTES = 4 << 30
@@ -89,7 +99,9 @@ def load_splits(config: TrainConfig) -> tuple[ImageDataset, ImageDataset]:
     train_ds = load_dataset(spec.name, split="train", n=spec.n_train, **common)
     test_ds = load_dataset(spec.name, split="test", n=spec.n_test, **common)
     if len(train_ds) == 0 or len(test_ds) == 0:
-        raise UserError(f"dataset {spec.name!r} has an empty train or test split: check data.name and its files")
+        raise UserError(
+            f"dataset {spec.name!r} has an empty train or test split: check data.name and its files"
+        )
     if list(train_ds.classes) != list(test_ds.classes):
         raise UserError(f"dataset {spec.name!r}: train and test splits have different classes")
     if train_ds.image_size != test_ds.image_size:
@@ -105,9 +117,7 @@ def build_model(config: TrainConfig, dataset: ImageDataset) -> nn.Module:
     )
 
 
-def augment(
-    images: torch.Tensor, generator: torch.Generator, padding: int, flip: bool
-) -> torch.Tensor:
+def augment(images: torch.Tensor, generator: torch.Generator, padding: int, flip: bool) -> torch.Tensor:
     """Random crop (zero padding ``padding``, per-image offsets) and random horizontal flip.
 
     Works on a batch ``(N,C,H,W)`` of any dtype on any device with a few gathers; the random draws
@@ -270,7 +280,9 @@ def _load_state(out_dir: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]
     try:
         state = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"cannot resume: {path} is unreadable ({exc}); delete {out_dir} to start over") from None
+        raise UserError(
+            f"cannot resume: {path} is unreadable ({exc}); delete {out_dir} to start over"
+        ) from None
     if state.get("format_version") != STATE_FORMAT_VERSION:
         raise UserError(f"cannot resume: {path} has an unknown format; delete {out_dir} to start over")
     weights = out_dir / "last.safetensors"
@@ -305,10 +317,16 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     if saved is not None:
         _check_same_run(saved[0]["config"], config, out_dir)
     elif (out_dir / "last.json").exists() or (out_dir / "best.json").exists():
-        raise UserError(f"{out_dir} holds checkpoints but no {STATE_NAME}.json to resume from: use another out folder")
+        raise UserError(
+            f"{out_dir} holds checkpoints but no {STATE_NAME}.json to resume from: use another out folder"
+        )
 
     train_ds, test_ds = load_splits(config)
-    fork_devices = [device] if device.type == "cuda" else []
+    fork_devices = (
+        [device.index if device.index is not None else torch.cuda.current_device()]
+        if device.type == "cuda"
+        else []
+    )
     benchmark_before = torch.backends.cudnn.benchmark
     with torch.random.fork_rng(devices=fork_devices):
         torch.manual_seed(config.seed)
@@ -341,7 +359,11 @@ def _train(
     bs = min(config.batch_size, n)
     steps_per_epoch = math.ceil(n / bs) - (1 if n % bs == 1 and n > 1 else 0)  # no batch of one (BatchNorm)
     optimizer = torch.optim.SGD(
-        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=False
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=False,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(steps_per_epoch, config))
     amp_dtype = _amp_dtype(config, device)
@@ -362,9 +384,7 @@ def _train(
     eval_bs = max(bs, 256)
     card_base = _card_base(config, train_ds, test_ds, device)
     pad, flip = config.augment.crop_padding, config.augment.flip
-    autocast = (
-        torch.autocast(device_type="cuda", dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-    )
+    autocast = torch.autocast(device_type="cuda", dtype=amp_dtype) if amp_dtype is not None else nullcontext()
 
     from tqdm.auto import tqdm
 
@@ -378,8 +398,12 @@ def _train(
             correct = torch.zeros((), dtype=torch.int64, device=device)
             seen = 0
             bar = tqdm(
-                total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}", leave=False,
-                disable=not progress, file=sys.stderr, dynamic_ncols=True,
+                total=steps_per_epoch,
+                desc=f"epoch {epoch}/{config.epochs}",
+                leave=False,
+                disable=not progress,
+                file=sys.stderr,
+                dynamic_ncols=True,
             )
             t0 = time.perf_counter()
             for step in range(steps_per_epoch):
@@ -406,7 +430,9 @@ def _train(
                 if progress and (step % 10 == 9 or step == steps_per_epoch - 1):
                     rate = seen / max(time.perf_counter() - t0, 1e-9)
                     bar.set_postfix(
-                        loss=f"{float(loss_sum) / seen:.3f}", acc=f"{int(correct) / seen:.3f}", img_s=f"{rate:.0f}"
+                        loss=f"{float(loss_sum) / seen:.3f}",
+                        acc=f"{int(correct) / seen:.3f}",
+                        img_s=f"{rate:.0f}",
                     )
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -436,16 +462,35 @@ def _train(
                 best_acc, best_epoch = test_acc, epoch
             with defer_keyboard_interrupt():
                 if improved:
-                    save_checkpoint(model, out_dir / "best", {**card_base, "epochs": epoch, "clean_test_accuracy": test_acc})
+                    save_checkpoint(
+                        model,
+                        out_dir / "best",
+                        {**card_base, "epochs": epoch, "clean_test_accuracy": test_acc},
+                    )
                 save_checkpoint(
                     model,
                     out_dir / "last",
-                    {**card_base, "epochs": epoch, "clean_test_accuracy": None if math.isnan(last_acc) else last_acc},
+                    {
+                        **card_base,
+                        "epochs": epoch,
+                        "clean_test_accuracy": None if math.isnan(last_acc) else last_acc,
+                    },
                 )
                 _save_state(
-                    out_dir, epoch=epoch, config=config, optimizer=optimizer, scheduler=scheduler,
-                    scaler=scaler, generator=generator, device=device,
-                    scalars={"best_acc": best_acc, "best_epoch": best_epoch, "last_acc": last_acc, "history": history},
+                    out_dir,
+                    epoch=epoch,
+                    config=config,
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    scaler=scaler,
+                    generator=generator,
+                    device=device,
+                    scalars={
+                        "best_acc": best_acc,
+                        "best_epoch": best_epoch,
+                        "last_acc": last_acc,
+                        "history": history,
+                    },
                 )
                 _write_history(out_dir, history)
             if progress:
@@ -484,7 +529,9 @@ def _train(
     )
 
 
-def _check_input_size(model: nn.Module, config: TrainConfig, dataset: ImageDataset, device: torch.device) -> None:
+def _check_input_size(
+    model: nn.Module, config: TrainConfig, dataset: ImageDataset, device: torch.device
+) -> None:
     """One forward of two images in eval mode, so a size mismatch is a clear error, not a traceback."""
     was_training = model.training
     model.eval()
@@ -506,7 +553,9 @@ def _check_input_size(model: nn.Module, config: TrainConfig, dataset: ImageDatas
         )
 
 
-def _card_base(config: TrainConfig, train_ds: ImageDataset, test_ds: ImageDataset, device: torch.device) -> dict:
+def _card_base(
+    config: TrainConfig, train_ds: ImageDataset, test_ds: ImageDataset, device: torch.device
+) -> dict:
     h, w = train_ds.image_size
     return {
         "dataset": {
