@@ -56,7 +56,7 @@ def test_sweep_writes_the_three_files_with_the_documented_columns(small_sweep):
 def test_rows_cover_models_attacks_eps_and_worst_case(small_sweep):
     _, summary = small_sweep
     per_attack = summary[summary["attack"] != "worst-case"]
-    for model in ("vgg16", "vgg16_att2_concat_pc"):
+    for model in ("smallcnn", "smallcnn_att2_concat_pc"):
         for attack in ("fgsm", "pgd-linf", "gaussian-noise"):
             rows = per_attack[(per_attack["model"] == model) & (per_attack["attack"] == attack)]
             assert sorted(rows["eps"]) == pytest.approx(EPS)
@@ -85,7 +85,7 @@ def test_accuracy_numbers_are_consistent(small_sweep):
 def test_worst_case_row_matches_per_sample_minimum(small_sweep):
     out, summary = small_sweep
     samples = pd.read_parquet(out / "samples.parquet")
-    model = "vgg16"
+    model = "smallcnn"
     s = samples[(samples["model"] == model) & (samples["attack"] != "deepfool")]
     for eps in EPS[1:]:
         upto = s[s["eps"] <= eps + 1e-12]
@@ -101,7 +101,7 @@ def test_misclassified_samples_are_not_attacked_and_worst_case_skips_broken(smal
     samples = pd.read_parquet(out / "samples.parquet")
     wrong = samples[samples["clean_pred"] != samples["label"]]
     assert not wrong["attacked"].any()
-    pgd = samples[(samples["attack"] == "pgd-linf") & (samples["model"] == "vgg16")]
+    pgd = samples[(samples["attack"] == "pgd-linf") & (samples["model"] == "smallcnn")]
     small = pgd[np.isclose(pgd["eps"], 2 / 255)].set_index("index")
     large = pgd[np.isclose(pgd["eps"], 8 / 255)].set_index("index")
     broken_small = small.index[small["broken"] & (small["clean_pred"] == small["label"])]
@@ -126,7 +126,7 @@ def test_sanity_checks_are_recorded(small_sweep):
 def test_attention_data_is_stored_for_attention_models(small_sweep):
     out, _ = small_sweep
     att = pd.read_parquet(out / "attention.parquet")
-    assert set(att["model"]) == {"vgg16_att2_concat_pc"}
+    assert set(att["model"]) == {"smallcnn_att2_concat_pc"}
     assert set(att["level"]) == {0, 1}
     assert ((att["js_divergence"] >= -1e-6) & (att["js_divergence"] <= 1 + 1e-6)).all()
     assert att["box_mass_clean"].between(0, 1).all()
@@ -149,7 +149,7 @@ def test_rerun_reuses_every_cell_and_gives_identical_tables(small_sweep, trained
 
 
 def test_interrupted_sweep_resumes_to_the_same_tables(trained_checkpoints, tmp_path, monkeypatch):
-    models = {"vgg16": str(trained_checkpoints["vgg16"])}
+    models = {"smallcnn": str(trained_checkpoints["smallcnn"])}
     attacks = ["fgsm", {"name": "pgd-linf", "params": {"steps": 3}}]
     kw = dict(n=48, batch_size=48, progress=False, sanity_samples=16, attention_samples=0)
     reference = run_sweep(models, attacks, EPS, out=tmp_path / "ref", **kw)
@@ -216,7 +216,7 @@ def test_broken_plugins_are_flagged_not_counted(trained_checkpoints, tmp_path):
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "broken.py").write_text(textwrap.dedent(BROKEN_PLUGINS))
-    summary = run_sweep({"vgg16": str(trained_checkpoints["vgg16"])},
+    summary = run_sweep({"smallcnn": str(trained_checkpoints["smallcnn"])},
                         ["test-over-budget", "test-nan", "test-raises", "fgsm"], [2 / 255], n=32,
                         out=tmp_path / "out", plugins=[plugins], progress=False, sanity_samples=0)
     by = summary.set_index("attack")
@@ -263,8 +263,8 @@ def test_bad_inputs_give_user_errors(trained_checkpoints, tmp_path):
     with pytest.raises(UserError, match="neither a checkpoint"):
         run_sweep({"m": "no/such/model.safetensors"}, ["fgsm"], [0.1], out=tmp_path / "b", progress=False)
     with pytest.raises(UserError, match="unknown"):
-        run_sweep({"m": str(trained_checkpoints["vgg16"])}, ["no-such-attack"], [0.1], out=tmp_path / "c",
+        run_sweep({"m": str(trained_checkpoints["smallcnn"])}, ["no-such-attack"], [0.1], out=tmp_path / "c",
                   progress=False)
     with pytest.raises(UserError):
-        run_sweep({"m": str(trained_checkpoints["vgg16"])}, [{"name": "pgd-linf", "params": {"stepz": 3}}],
+        run_sweep({"m": str(trained_checkpoints["smallcnn"])}, [{"name": "pgd-linf", "params": {"stepz": 3}}],
                   [0.1], out=tmp_path / "d", progress=False)

@@ -53,26 +53,47 @@ def _config(out: Path, **overrides) -> TrainConfig:
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory):
+    """The accuracy run: a 1/8-width VGG-16 baseline, 2000 images, 4 epochs (~30 s on 2 idle cores)."""
     out = tmp_path_factory.mktemp("train") / "run"
-    return train(_config(out), progress=False)
+    cfg = _config(
+        out,
+        model={"name": "vgg16", "width": 0.125},
+        data={"n_train": 2000},
+        augment={"crop_padding": 0},
+        epochs=4,
+        batch_size=32,
+        lr=0.01,
+        warmup_epochs=0,
+        lr_step_epochs=3,
+    )
+    return train(cfg, progress=False)
+
+
+@pytest.fixture(scope="session")
+def trained_attention(tmp_path_factory: pytest.TempPathFactory):
+    """A briefly trained attention model (non-trivial BatchNorm statistics) for checkpoint tests."""
+    out = tmp_path_factory.mktemp("train") / "att"
+    return train(_config(out, data={"n_train": 256, "n_test": 64}, epochs=1), progress=False)
 
 
 # -------------------------------------------------------------------------------------- training
 def test_training_beats_chance(trained) -> None:
-    # 10 classes: chance is 10%; this tiny run reaches about 0.8 (measured)
-    assert trained.best_acc > 0.5, trained.history
-    assert len(trained.history) == 3
+    # 10 classes: chance is 10%. Tiny-width VGG-16 needs a few epochs to take off on the cluttered
+    # digits; this run measured ~0.3-0.37 test accuracy (0.40 after 6 epochs), so 0.2 leaves margin.
+    assert trained.best_acc > 0.2, trained.history
+    assert trained.history[-1]["train_loss"] < trained.history[0]["train_loss"]
+    assert len(trained.history) == 4
     assert trained.best_path.is_file() and trained.last_path.is_file()
     with open(trained.out_dir / "history.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == ["epoch", "lr", "train_loss", "train_acc", "test_acc", "images_per_s", "seconds"]
-    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
-    assert float(rows[2]["lr"]) == pytest.approx(0.05 * 0.5)  # halved after lr_step_epochs=2
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert float(rows[3]["lr"]) == pytest.approx(0.01 * 0.5)  # halved after lr_step_epochs=3
     assert all(float(r["images_per_s"]) > 0 for r in rows)
 
 
-def test_card_has_all_fields_and_matching_sha(trained) -> None:
-    card = read_card(trained.best_path)
+def test_card_has_all_fields_and_matching_sha(trained_attention) -> None:
+    card = read_card(trained_attention.best_path)
     for key in (
         "format_version",
         "created",
@@ -96,15 +117,15 @@ def test_card_has_all_fields_and_matching_sha(trained) -> None:
     assert card["dataset"]["name"] == "cluttered-digits"
     assert card["input_size"] == [3, 32, 32]
     assert len(card["normalization"]["mean"]) == 3 and len(card["normalization"]["std"]) == 3
-    assert card["training"]["lr"] == 0.05
-    assert card["clean_test_accuracy"] == pytest.approx(trained.best_acc)
-    assert card["sha256"] == sha256_file(trained.best_path)
+    assert card["training"]["lr"] == 0.05 and card["epochs"] == 1
+    assert card["clean_test_accuracy"] == pytest.approx(trained_attention.best_acc)
+    assert card["sha256"] == sha256_file(trained_attention.best_path)
     assert "torch" in card["versions"]
-    assert read_card(trained.out_dir) == card  # a run folder means best
+    assert read_card(trained_attention.out_dir) == card  # a run folder means best
 
 
-def test_checkpoint_round_trip_identical_logits(trained, tmp_path: Path) -> None:
-    model = load_model(trained.best_path)
+def test_checkpoint_round_trip_identical_logits(trained_attention, tmp_path: Path) -> None:
+    model = load_model(trained_attention.best_path)
     assert not model.training and model.card["model"]["name"] == ATT_MODEL
     x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -134,9 +155,9 @@ def test_fresh_model_round_trip(tmp_path: Path) -> None:
     assert read_card(path)["model"]["num_classes"] == 7
 
 
-def test_tampered_weights_refused(trained, tmp_path: Path) -> None:
+def test_tampered_weights_refused(trained_attention, tmp_path: Path) -> None:
     for name in ("best.safetensors", "best.json"):
-        (tmp_path / name).write_bytes((trained.out_dir / name).read_bytes())
+        (tmp_path / name).write_bytes((trained_attention.out_dir / name).read_bytes())
     data = bytearray((tmp_path / "best.safetensors").read_bytes())
     data[-1] ^= 0xFF
     (tmp_path / "best.safetensors").write_bytes(bytes(data))
@@ -154,17 +175,21 @@ class _CreatesFileWhenUnpickled:
 
 def test_pickle_files_refused_never_unpickled(tmp_path: Path) -> None:
     marker = tmp_path / "unpickled.txt"
+    trap = {"state": _CreatesFileWhenUnpickled(str(marker))}
     for suffix in (".pt", ".pth", ".pkl", ".ckpt", ".weights"):
         path = tmp_path / f"evil{suffix}"
-        torch.save({"state": _CreatesFileWhenUnpickled(str(marker))}, path)
+        if suffix == ".pkl":
+            path.write_bytes(pickle.dumps(trap))
+        else:
+            torch.save(trap, path)
         with pytest.raises(UserError, match="pickle") as info:
             load_model(path)
         assert "\n" not in str(info.value) and "weights_only=True" in str(info.value)
         with pytest.raises(UserError, match="pickle"):
             read_card(path)
+    assert not marker.exists()
     # the trap works: unpickling does create the file, so its absence above means nothing was unpickled
-    with open(tmp_path / "evil.pkl", "rb") as fh:
-        pickle.load(fh).close()
+    torch.load(tmp_path / "evil.pt", weights_only=False)["state"].close()
     assert marker.exists()
 
 
@@ -203,7 +228,7 @@ def _resume_config(out: Path, epochs: int) -> TrainConfig:
     return _config(
         out,
         model={"name": "vgg16", "width": 0.0625},
-        data={"n_train": 200, "n_test": 64},
+        data={"n_train": 128, "n_test": 32},
         augment={"flip": True, "crop_padding": 2},
         epochs=epochs,
         lr_step_epochs=1,
@@ -234,7 +259,7 @@ def test_keyboard_interrupt_leaves_last_intact(tmp_path: Path, monkeypatch: pyte
 
     def interrupt_in_epoch_two(x, generator, padding, flip):
         calls["n"] += 1
-        if calls["n"] > 4:  # 200 images / batch 64 = 4 steps per epoch
+        if calls["n"] > 2:  # 128 images / batch 64 = 2 steps per epoch
             raise KeyboardInterrupt
         return real(x, generator, padding, flip)
 

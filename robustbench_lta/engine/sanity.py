@@ -132,7 +132,7 @@ def table_checks(summary: pd.DataFrame, samples: pd.DataFrame, traits: dict[str,
                        "strong sign of gradient masking if large"), attack=attack, eps=at))
     if samples.empty:
         return rows
-    broken = samples.set_index(["model", "attack", "eps", "index"])["broken"]
+    broken = samples.set_index(["model", "attack", "eps", "index"]).sort_index()["broken"]
     ok_cells = set(map(tuple, ok[["model", "attack", "eps"]].itertuples(index=False, name=None)))
 
     def compare(check: str, weak: str, strong: str, explain: str) -> None:

@@ -331,6 +331,8 @@ class SweepRunner:
                       y: torch.Tensor, eps: tuple[float, ...]) -> list[torch.Tensor]:
         if plan.multi_eps and plan.bounded:
             advs = attack.perturb_many(model, x, y, list(eps))
+        elif plan.bounded and eps[0] == 0:
+            advs = [x.clone()]  # the only perturbation within a zero budget is none: skip the work
         else:
             advs = [attack.perturb(model, x, y, eps[0])]
         if not isinstance(advs, list | tuple) or len(advs) != len(eps):

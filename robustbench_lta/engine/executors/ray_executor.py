@@ -37,7 +37,7 @@ def run_on_ray(cfg: SweepConfig, progress: bool = True) -> pd.DataFrame:
         raise UserError("executor 'ray' needs an explicit results folder on shared storage: pass --out DIR")
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(ignore_reinit_error=True, log_to_driver=False)
+        ray.init(ignore_reinit_error=True, log_to_driver=False, include_dashboard=False)
     try:
         task = ray.remote(_run_one_model)
         cfg_json = cfg.model_dump(mode="json")

@@ -1,0 +1,207 @@
+"""timm-style model registry: ``register_model``, ``create_model``, ``list_models``, ``model_info``.
+
+A builder is any callable ``fn(num_classes=10, width=1.0, **kw) -> nn.Module``::
+
+    from robustbench_lta import register_model, create_model
+
+    @register_model(family="custom")
+    def my_net(num_classes=10, width=1.0, **kw):
+        return MyNet(num_classes, width)
+
+    model = create_model("my_net", num_classes=100, width=0.5)
+
+``create_model`` stamps the model with ``registry_name`` and ``registry_kwargs`` (JSON-friendly
+``num_classes``, ``width`` and the extra keywords) so a checkpoint card can rebuild it. The
+training code passes the dataset's ``mean``/``std``; a builder that does not accept them gets its
+module wrapped in :class:`~robustbench_lta.models.base.NormalizedModel`, which normalises [0,1]
+inputs before calling it (the project's convention).
+
+The built-in architectures (``vgg16``, ``resnet18``, ``resnet164`` and the attention variants) are
+registered when this module is imported.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from torch import nn
+
+from ..errors import UserError
+from .base import NormalizedModel, check_num_classes, check_width, parameter_count
+
+__all__ = [
+    "ModelInfo",
+    "create_model",
+    "list_models",
+    "model_info",
+    "parameter_count",
+    "register_model",
+]
+
+FAMILIES = ("vgg", "resnet", "custom")
+
+Builder = Callable[..., nn.Module]
+F = TypeVar("F", bound=Builder)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the registry knows about one model name."""
+
+    name: str
+    family: str
+    attention_levels: int
+    compatibility: str | None
+    head: str | None
+    builder: Builder
+
+    @property
+    def has_attention(self) -> bool:
+        return self.attention_levels > 0
+
+    @property
+    def description(self) -> str:
+        """First line of the builder's docstring ('' if none)."""
+        doc = inspect.getdoc(self.builder) or ""
+        return doc.splitlines()[0] if doc else ""
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def _origin(fn: Builder) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def register_model(
+    fn: F | None = None,
+    *,
+    name: str | None = None,
+    family: str = "custom",
+    attention_levels: int = 0,
+    compatibility: str | None = None,
+    head: str | None = None,
+) -> F | Callable[[F], F]:
+    """Register a model builder; usable as ``@register_model`` or ``@register_model(name=..., ...)``.
+
+    Args:
+        fn: the builder ``fn(num_classes=10, width=1.0, **kw) -> nn.Module``.
+        name: registry name (default: ``fn.__name__``).
+        family: ``"vgg"``, ``"resnet"`` or ``"custom"`` (free text is accepted for user models).
+        attention_levels: number of attention maps the model returns (0 for baselines).
+        compatibility: attention compatibility (``"dp"`` / ``"pc"``) or None.
+        head: attention head (``"concat"`` / ``"indep"``) or None.
+
+    Re-registering a name with a builder of the same module and qualified name (a reloaded module
+    or a re-run notebook cell) replaces it; a different builder under a taken name is a UserError.
+    Returns the builder unchanged.
+    """
+
+    def decorate(builder: F) -> F:
+        if not callable(builder):
+            raise UserError(f"register_model needs a callable builder, got {builder!r}")
+        key = name or getattr(builder, "__name__", None)
+        if not key or not isinstance(key, str):
+            raise UserError("register_model: give the model a name with register_model(name='...')")
+        old = _REGISTRY.get(key)
+        if old is not None and _origin(old.builder) != _origin(builder):
+            raise UserError(
+                f"model name {key!r} is already registered by {_origin(old.builder)}: "
+                "choose another name with register_model(name='...')"
+            )
+        levels = int(attention_levels or 0)
+        if levels < 0:
+            raise UserError(f"register_model({key!r}): attention_levels must be >= 0, got {attention_levels}")
+        _REGISTRY[key] = ModelInfo(key, str(family), levels, compatibility, head, builder)
+        return builder
+
+    if fn is not None:
+        return decorate(fn)
+    return decorate
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching the fnmatch ``pattern`` (e.g. ``"vgg16_att*"``), sorted."""
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
+
+
+def model_info(name: str) -> ModelInfo:
+    """The :class:`ModelInfo` of a registered name; unknown names raise UserError with suggestions."""
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        pass
+    close = difflib.get_close_matches(str(name), list(_REGISTRY), n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+    raise UserError(
+        f"unknown model {name!r}: {hint}run `robustbench-lta models` to list the registered models"
+    )
+
+
+def _json_friendly(value: Any) -> Any:
+    """Tuples -> lists, tensors/NumPy values -> Python values, recursively (for ``registry_kwargs``)."""
+    if isinstance(value, dict):
+        return {str(k): _json_friendly(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_friendly(v) for v in value]
+    if hasattr(value, "tolist") and callable(value.tolist) and not isinstance(value, str | bytes):
+        return _json_friendly(value.tolist())
+    return value
+
+
+def _accepts(builder: Builder, arg: str) -> bool:
+    try:
+        params = inspect.signature(builder).parameters
+    except (TypeError, ValueError):  # builtins / C callables: assume they accept everything
+        return True
+    if arg in params and params[arg].kind not in (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.VAR_POSITIONAL,
+    ):
+        return True
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def create_model(name: str, num_classes: int = 10, width: float = 1.0, **kw: Any) -> nn.Module:
+    """Build the registered model ``name`` with ``num_classes`` logits and channel multiplier ``width``.
+
+    Extra keywords go to the builder (the built-ins accept ``mean``/``std`` normalisation statistics).
+    The result carries ``registry_name`` and ``registry_kwargs`` (``num_classes``, ``width`` and the
+    extra keywords, JSON-friendly) so it can be rebuilt from a checkpoint card.
+    """
+    info = model_info(name)
+    num_classes = check_num_classes(num_classes)
+    width = check_width(width)
+    call_kw: dict[str, Any] = {"num_classes": num_classes, "width": width, **kw}
+    builder = info.builder
+    wrap_stats: dict[str, Any] = {}
+    for arg in list(call_kw):
+        if _accepts(builder, arg):
+            continue
+        if arg in ("mean", "std"):
+            wrap_stats[arg] = call_kw.pop(arg)
+        elif arg == "width" and width == 1.0:
+            call_kw.pop(arg)
+        else:
+            raise UserError(
+                f"model {name!r} does not accept the argument {arg!r}: remove it from the model settings"
+            )
+    model = builder(**call_kw)
+    if not isinstance(model, nn.Module):
+        raise UserError(
+            f"the builder of model {name!r} returned {type(model).__name__}, not a torch nn.Module"
+        )
+    if wrap_stats:
+        model = NormalizedModel(model, num_classes=num_classes, **wrap_stats)
+    model.registry_name = name
+    model.registry_kwargs = _json_friendly({"num_classes": num_classes, "width": width, **kw})
+    return model
+
+
+# Register the built-in architectures. Imported last: they import ``register_model`` from here.
+from . import resnet, small, vgg  # noqa: E402,F401
