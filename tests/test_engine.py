@@ -130,7 +130,7 @@ def test_attention_data_is_stored_for_attention_models(small_sweep):
     assert set(att["level"]) == {0, 1}
     assert ((att["js_divergence"] >= -1e-6) & (att["js_divergence"] <= 1 + 1e-6)).all()
     assert att["box_mass_clean"].between(0, 1).all()
-    with np.load(out / "attention" / "vgg16_att2_concat_pc.npz") as npz:
+    with np.load(out / "attention" / "smallcnn_att2_concat_pc.npz") as npz:
         assert npz["images"].shape[0] == 4
         assert npz["adv_level0"].shape[:2] == (len(EPS), 4)
         assert np.allclose(npz["clean_level1"].sum(axis=(1, 2)), 1, atol=1e-4)
