@@ -47,11 +47,15 @@ def _px(eps: float) -> str:
 
 # ------------------------------------------------------------------------------ model checks
 def model_checks(model_label: str, forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                 y: torch.Tensor, num_classes: int) -> list[dict[str, Any]]:
-    """Determinism, logits-not-probabilities, finiteness and gradient health on a small batch."""
+                 y: torch.Tensor, reference: torch.Tensor) -> list[dict[str, Any]]:
+    """Determinism, logits-not-probabilities, finiteness and gradient health on a small batch.
+
+    ``reference`` holds the logits of ``x`` from the sweep's clean forward; one more forward must
+    reproduce them.
+    """
     rows: list[dict[str, Any]] = []
+    a = reference.float()
     with torch.inference_mode():
-        a = forward(x).float()
         b = forward(x).float()
     same = bool(torch.allclose(a, b, rtol=1e-4, atol=1e-5))
     rows.append(_row("deterministic", model_label, "pass" if same else "fail",

@@ -52,6 +52,7 @@ from .store import ResultStore
 ATTENTION_COLUMNS = ["model", "attack", "eps", "index", "level", "js_divergence", "box_mass_clean",
                      "box_mass_adv"]
 LARGE_EPS = 128 / 255
+_CHECK_SAMPLES = 16  # determinism / logits / gradient-health checks need few samples
 
 
 # ================================================================================ inputs
@@ -283,16 +284,7 @@ class SweepRunner:
         fwd = _Forward(model, self.device, self.cfg.amp)
         x = self.data.x.to(self.device)
         y = self.data.y.to(self.device)
-        k = min(len(x), 64)
-        probe_logits = None
-        with torch.inference_mode():
-            probe_logits = fwd(x[:k])
-        num_classes = int(probe_logits.shape[1])
-        if int(self.data.y.max()) >= num_classes:
-            raise UserError(f"model '{lm.label}' has {num_classes} outputs but the data has labels up to "
-                            f"{int(self.data.y.max())}: attack it on the dataset it was trained for")
-        self.sanity_rows += model_checks(lm.label, fwd, x[:k], y[:k], num_classes)
-        preds, maps = [], []
+        logits_parts, maps = [], []
         with torch.inference_mode():
             for b in _batches(np.arange(len(x)), self.batch_size):
                 if lm.has_attention:
@@ -300,8 +292,15 @@ class SweepRunner:
                     maps.append(m)
                 else:
                     logits = fwd(x[b])
-                preds.append(logits.argmax(1).cpu())
-        clean_pred = torch.cat(preds).numpy()
+                logits_parts.append(logits)
+        clean_logits = torch.cat(logits_parts)
+        num_classes = int(clean_logits.shape[1])
+        if int(self.data.y.max()) >= num_classes:
+            raise UserError(f"model '{lm.label}' has {num_classes} outputs but the data has labels up to "
+                            f"{int(self.data.y.max())}: attack it on the dataset it was trained for")
+        k = min(len(x), _CHECK_SAMPLES)
+        self.sanity_rows += model_checks(lm.label, fwd, x[:k], y[:k], clean_logits[:k])
+        clean_pred = clean_logits.argmax(1).cpu().numpy()
         clean_maps = [torch.cat([m[j] for m in maps]) for j in range(len(maps[0]))] if maps else None
         attack_model = _AutocastModule(fwd) if fwd.dtype is not None else model
         return _ModelState(lm, attack_model, fwd, x, y, clean_pred, clean_pred == self.data.y.numpy(),
@@ -362,7 +361,7 @@ class SweepRunner:
             carried = prev["broken"] & st.correct
             adv_pred[:, carried] = prev["adv_pred"][carried]
             norms[:, carried] = prev["norm"][carried]
-        att_rows: list[pd.DataFrame] = []
+        att_rows: list[dict[str, np.ndarray]] = []
         status, message = "ok", ""
         torch.manual_seed(seed)  # for libraries that draw from the global generator
         t0 = time.perf_counter()
@@ -423,28 +422,38 @@ class SweepRunner:
                     "label": label, "clean_pred": st.clean_pred, "adv_pred": adv_pred[k],
                     "norm": norms[k], "attacked": attacked[k], "broken": adv_pred[k] != label}))
         samples = pd.concat(frames, ignore_index=True) if frames else _empty(SAMPLE_COLUMNS)
-        attention = pd.concat(att_rows, ignore_index=True) if (att_rows and status == "ok") else None
+        attention = None
+        if att_rows and status == "ok":
+            attention = pd.DataFrame({k: np.concatenate([r[k] for r in att_rows]) for k in att_rows[0]})
+            attention.insert(0, "attack", plan.label)
+            attention.insert(0, "model", st.lm.label)
+            attention = attention[ATTENTION_COLUMNS]
         meta = {"key": cell.key, "id": cell.id, "model": st.lm.label, "attack": plan.label,
                 "eps": [float(e) for e in cell.eps], "seed": seed, "rows": rows}
         return meta, samples, attention
 
     def _attention_rows(self, st: _ModelState, attack: str, eps: float, b: np.ndarray,
-                        adv_maps: list[torch.Tensor]) -> pd.DataFrame:
-        frames = []
+                        adv_maps: list[torch.Tensor]) -> dict[str, np.ndarray]:
+        """Per-sample drift of every level's map (clean vs adversarial), as column arrays."""
         size = tuple(st.x.shape[-2:])
+        rows_idx = torch.as_tensor(b, device=st.x.device)
+        boxes = st.boxes[torch.as_tensor(b)].to(st.x.device) if st.boxes is not None else None
+        cols: dict[str, list[np.ndarray]] = {"level": [], "js_divergence": [], "box_mass_clean": [],
+                                             "box_mass_adv": [], "index": []}
         for level, adv in enumerate(adv_maps):
-            clean = st.clean_maps[level][torch.as_tensor(b, device=st.clean_maps[level].device)]
-            js = js_divergence(clean, adv).cpu().numpy()
-            if st.boxes is not None:
-                boxes = st.boxes[torch.as_tensor(b)].to(adv.device)
-                bm_clean = box_mass(clean, boxes, size).cpu().numpy()
-                bm_adv = box_mass(adv, boxes, size).cpu().numpy()
+            clean = st.clean_maps[level][rows_idx]
+            cols["js_divergence"].append(js_divergence(clean, adv).cpu().numpy())
+            if boxes is not None:
+                cols["box_mass_clean"].append(box_mass(clean, boxes, size).cpu().numpy())
+                cols["box_mass_adv"].append(box_mass(adv, boxes, size).cpu().numpy())
             else:
-                bm_clean = bm_adv = np.full(len(b), np.nan)
-            frames.append(pd.DataFrame({
-                "model": st.lm.label, "attack": attack, "eps": float(eps), "index": self.data.index[b],
-                "level": level, "js_divergence": js, "box_mass_clean": bm_clean, "box_mass_adv": bm_adv}))
-        return pd.concat(frames, ignore_index=True)
+                cols["box_mass_clean"].append(np.full(len(b), np.nan, dtype=np.float32))
+                cols["box_mass_adv"].append(np.full(len(b), np.nan, dtype=np.float32))
+            cols["level"].append(np.full(len(b), level, dtype=np.int64))
+            cols["index"].append(self.data.index[b])
+        out = {k: np.concatenate(v) for k, v in cols.items()}
+        out["eps"] = np.full(len(out["level"]), float(eps))
+        return out
 
     def _figure_attack(self) -> AttackPlan | None:
         bounded = [a for a in self.attacks if a.bounded and a.norm == "linf"]

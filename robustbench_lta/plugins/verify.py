@@ -91,12 +91,13 @@ def verify_batch(
         )
     n = x.shape[0]
     flat = x_adv.detach().reshape(n, -1)
-    finite = torch.isfinite(flat).all(dim=1)
+    # one pass each for min and max; both propagate NaN, and +-inf shows up in them too
+    lo = flat.amin(dim=1) if flat.shape[1] else torch.zeros(n, device=flat.device)
+    hi = flat.amax(dim=1) if flat.shape[1] else torch.zeros(n, device=flat.device)
+    finite = torch.isfinite(lo) & torch.isfinite(hi)
     if not bool(finite.all()):
         bad = int((~finite).sum())
         return Verification(False, f"{bad} of {n} samples contain NaN or infinite values", None)
-    lo = flat.amin(dim=1) if flat.shape[1] else torch.zeros(n, device=flat.device)
-    hi = flat.amax(dim=1) if flat.shape[1] else torch.zeros(n, device=flat.device)
     outside = (lo < -RANGE_TOL) | (hi > 1 + RANGE_TOL)
     norms = perturbation_norms(x, x_adv, norm)
     if bool(outside.any()):
