@@ -71,7 +71,8 @@ def test_sweep_cli_with_a_dropped_in_plugin(trained_checkpoints, tmp_path):
     assert "my-salt-pepper" in listed.stdout and "folder:" in listed.stdout
     out = tmp_path / "res"
     res = cli("sweep", "--model", str(trained_checkpoints["smallcnn"]), "--attack", "fgsm",
-              "--attack", "my-salt-pepper:fraction=0.1", "--eps", "0,4", "--n", "32", "--plugins", str(plugins),
+              "--attack", "my-salt-pepper:fraction=0.1", "--eps", "0,4", "--n", "32",
+              "--plugins", str(plugins),
               "--out", str(out), "--quiet", "--set", "sanity_samples=8")
     assert res.returncode == 0, res.stderr
     summary = pd.read_csv(out / "summary.csv")

@@ -48,3 +48,19 @@ def box_mass(maps: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int
     cover_x = (torch.minimum(xs + 1, x1) - torch.maximum(xs, x0)).clamp(0, 1)  # (N,w)
     cover_y = (torch.minimum(ys + 1, y1) - torch.maximum(ys, y0)).clamp(0, 1)  # (N,h)
     return torch.einsum("nhw,nh,nw->n", maps.float(), cover_y, cover_x)
+
+
+def upsample_map(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of attention maps to ``size`` (H, W) for overlays on the input image.
+
+    Accepts (h,w) or (N,h,w); returns the same rank at the new size, rescaled so each map still sums
+    to 1 (interpolation changes the total mass by the area ratio and slightly at the borders).
+    """
+    squeeze = maps.dim() == 2
+    m = maps.float()[None] if squeeze else maps.float()
+    up = torch.nn.functional.interpolate(m[:, None], size=tuple(size), mode="bilinear", align_corners=False)[
+        :, 0
+    ]
+    total = up.flatten(1).sum(dim=1).clamp_min(1e-12)
+    up = up / total[:, None, None]
+    return up[0] if squeeze else up

@@ -1,0 +1,313 @@
+"""Robustness curves (robust accuracy vs eps, one panel per bounded attack and per-norm worst case)
+and the per-class robust-accuracy heatmap.
+
+Curves plot eps in pixel units (eps * 255) with 95% Wilson bands from each cell's n and robust
+accuracy; the legend gives each model's area under the curve normalised by the eps range, i.e. the
+mean robust accuracy over the range swept. Unbounded attacks (eps = inf) have no curve; the tables
+report their median perturbation norm instead.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from .load import (
+    EPS_TOL,
+    WORST_CASE,
+    ResultsBundle,
+    eps_grid,
+    eps_label,
+    headline_eps,
+    norm_attacks,
+    wilson,
+    worst_case_per_sample,
+)
+from .pages import new_page
+
+PANELS_PER_PAGE = 6
+NORM_NAMES = {"linf": "L-inf", "l2": "L2", "l0": "L0"}
+
+
+def curve_panels(bundle: ResultsBundle) -> list[tuple[str, str, pd.DataFrame]]:
+    """(attack, norm, rows) for every bounded attack, then the worst case per norm."""
+    s = bundle.summary
+    bounded = s[np.isfinite(s["eps"].astype(float))]
+    panels = []
+    key = bounded[bounded["attack"] != WORST_CASE][["attack", "norm"]].drop_duplicates()
+    for attack, norm in sorted(key.itertuples(index=False), key=lambda t: (str(t[1]), str(t[0]))):
+        panels.append(
+            (str(attack), str(norm), bounded[(bounded["attack"] == attack) & (bounded["norm"] == norm)])
+        )
+    wc = bounded[bounded["attack"] == WORST_CASE]
+    for norm in sorted(set(wc["norm"].astype(str))):
+        panels.append((WORST_CASE, norm, wc[wc["norm"] == norm]))
+    return panels
+
+
+def normalised_auc(x: np.ndarray, y: np.ndarray) -> float:
+    """Trapezoid area under y(x) divided by the x range (mean of y over the range); y itself if one point."""
+    order = np.argsort(x)
+    x, y = np.asarray(x, float)[order], np.asarray(y, float)[order]
+    ok = np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if len(x) == 0:
+        return math.nan
+    if len(x) == 1 or x[-1] - x[0] <= 0:
+        return float(y.mean())
+    return float(np.trapezoid(y, x) / (x[-1] - x[0]))
+
+
+def curves_table(bundle: ResultsBundle) -> pd.DataFrame:
+    """Area-under-curve (mean robust accuracy over the swept eps range) per panel and model."""
+    rows = []
+    for attack, norm, df in curve_panels(bundle):
+        for m in bundle.models:
+            d = df[(df["model"] == m) & (df["status"] == "ok")]
+            if d.empty:
+                continue
+            rows.append(
+                {
+                    "attack": attack,
+                    "norm": norm,
+                    "model": m,
+                    "eps_range": (f"{eps_label(d['eps'].min())} .. {eps_label(d['eps'].max())}"),
+                    "points": len(d),
+                    "auc_mean_robust_acc_%": round(
+                        100 * normalised_auc(d["eps"].to_numpy() * 255, d["robust_acc"].to_numpy()), 2
+                    ),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _panel(
+    ax: Any, attack: str, norm: str, df: pd.DataFrame, bundle: ResultsBundle, palette: dict[str, Any]
+) -> None:
+    notes = []
+    for m in bundle.models:
+        d = df[df["model"] == m].sort_values("eps")
+        if d.empty:
+            continue
+        bad = d[d["status"] != "ok"]
+        if not bad.empty:
+            eps_txt = ", ".join(eps_label(e).replace("/255", "") for e in bad["eps"])
+            notes.append(
+                f"{m}: {'/'.join(sorted(set(bad['status'])))} at "
+                f"{textwrap.shorten(eps_txt, 28, placeholder='...')}"
+            )
+            # mark where a point is missing, on the x axis in the model's colour
+            xb = bad["eps"].to_numpy(float) * 255
+            ax.plot(
+                xb[np.isfinite(xb)],
+                np.zeros(np.isfinite(xb).sum()),
+                ls="none",
+                marker="x",
+                ms=7,
+                mew=2,
+                color=palette[m],
+                clip_on=False,
+            )
+        d = d[(d["status"] == "ok") & np.isfinite(d["robust_acc"].astype(float))]
+        if d.empty:
+            continue
+        x = d["eps"].to_numpy(float) * 255
+        y = d["robust_acc"].to_numpy(float)
+        band = np.array([wilson(a * n, n) for a, n in zip(y, d["n"].to_numpy(float), strict=True)])
+        auc = normalised_auc(x, y)
+        colour = palette[m]
+        ax.plot(x, 100 * y, marker="o", ms=4, lw=1.8, color=colour, label=f"{m} (AUC {100 * auc:.1f}%)")
+        ax.fill_between(x, 100 * band[:, 0], 100 * band[:, 1], color=colour, alpha=0.18, lw=0)
+    title = (
+        f"worst case, {NORM_NAMES.get(norm, norm)}"
+        if attack == WORST_CASE
+        else f"{attack} ({NORM_NAMES.get(norm, norm)})"
+    )
+    ax.set_title(title, fontweight="bold" if attack == WORST_CASE else None)
+    ax.set_xlabel("eps (x/255)")
+    ax.set_ylabel("robust accuracy (%)")
+    ax.set_ylim(-2, 102)
+    xs = df["eps"].to_numpy(float) * 255
+    xs = xs[np.isfinite(xs)]
+    if len(xs):  # a single eps must not give a +-0.05 axis; always show from 0
+        ax.set_xlim(min(0.0, xs.min()) - 0.03 * max(xs.max(), 1), max(xs.max(), 1.0) * 1.03 + 0.1)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best", frameon=True, framealpha=0.85)
+    else:
+        ax.text(0.5, 0.5, "no finished cell", ha="center", va="center", transform=ax.transAxes, color="0.4")
+    if notes:
+        ax.text(
+            0.02,
+            0.07,
+            "\n".join(
+                ["not finished (x):"] + notes[:4] + ([f"... {len(notes) - 4} more"] if len(notes) > 4 else [])
+            ),
+            transform=ax.transAxes,
+            fontsize=7,
+            color="#b22222",
+            va="bottom",
+            ha="left",
+            wrap=True,
+        )
+
+
+def robustness_curve_pages(bundle: ResultsBundle, palette: dict[str, Any], title: str) -> list[Figure]:
+    """Figure pages with up to six panels each; an explanatory text page if nothing is bounded."""
+    panels = curve_panels(bundle)
+    if not panels:
+        return []
+    figs = []
+    for k in range(0, len(panels), PANELS_PER_PAGE):
+        chunk = panels[k : k + PANELS_PER_PAGE]
+        n_pages = math.ceil(len(panels) / PANELS_PER_PAGE)
+        suffix = f" ({k // PANELS_PER_PAGE + 1}/{n_pages})" if n_pages > 1 else ""
+        fig = new_page(
+            f"{title}{suffix}",
+            "Robust accuracy vs eps (pixel units); shaded: 95% Wilson interval; "
+            "AUC = mean robust accuracy over the eps range (trapezoid). Unbounded attacks: see Tables.",
+        )
+        ncols = 3 if len(chunk) in (3, 5, 6) else 2 if len(chunk) > 1 else 1
+        nrows = math.ceil(len(chunk) / ncols)
+        # one row: keep the panels' aspect near 4:3 instead of stretching them over the whole page
+        bottom = 0.08 if nrows > 1 else max(0.08, 0.82 - (0.92 / ncols) * 11.69 / 8.27 * 0.75)
+        gs = fig.add_gridspec(
+            nrows, ncols, left=0.06, right=0.98, top=0.82, bottom=bottom, hspace=0.38, wspace=0.22
+        )
+        for i, (attack, norm, df) in enumerate(chunk):
+            ax = fig.add_subplot(gs[i // ncols, i % ncols])
+            _panel(ax, attack, norm, df, bundle, palette)
+        figs.append(fig)
+    return figs
+
+
+def main_attack(bundle: ResultsBundle) -> tuple[str, str, float] | None:
+    """(attack, norm, eps) for the per-class view: worst-case linf if present, else the first bounded one."""
+    s = bundle.summary
+    wc = s[(s["attack"] == WORST_CASE) & (s["norm"] == "linf")]
+    if not wc.empty or norm_attacks(s, "linf"):
+        attack, norm = WORST_CASE, "linf"
+    else:
+        panels = [(a, n) for a, n, _ in curve_panels(bundle) if a != WORST_CASE]
+        if not panels:
+            return None
+        attack, norm = panels[0]
+    grid = eps_grid(s[s["norm"] == norm] if attack == WORST_CASE else s[s["attack"] == attack], norm)
+    eps = headline_eps(grid, norm)
+    return None if eps is None else (attack, norm, eps)
+
+
+def per_class_accuracy(
+    bundle: ResultsBundle, eps: float | None = None
+) -> tuple[pd.DataFrame, dict[str, Any]] | None:
+    """Robust accuracy per model (rows) and class (columns) for :func:`main_attack`, from samples.parquet.
+
+    ``eps`` overrides the main attack's headline eps (it must be on the attack's grid).
+    """
+    if bundle.samples is None:
+        return None
+    choice = main_attack(bundle)
+    if choice is None:
+        return None
+    attack, norm, eps = choice if eps is None else (choice[0], choice[1], eps)
+    s = bundle.summary
+    rows = {}
+    counts = {}
+    for m in bundle.models:
+        if attack == WORST_CASE:
+            grid = eps_grid(s[(s["model"] == m)], norm)
+            per = worst_case_per_sample(s, bundle.samples, m, norm, grid)
+            if per is None or not any(abs(e - eps) <= EPS_TOL for e in grid):
+                continue
+            col = next(e for e in grid if abs(e - eps) <= EPS_TOL)
+            robust, labels = per[col].astype(float), per["label"]
+        else:
+            cell = s[(s["model"] == m) & (s["attack"] == attack) & ((s["eps"] - eps).abs() <= EPS_TOL)]
+            if cell.empty or cell["status"].iloc[0] != "ok":
+                continue
+            sm = bundle.samples[
+                (bundle.samples["model"] == m)
+                & (bundle.samples["attack"] == attack)
+                & ((bundle.samples["eps"] - eps).abs() <= EPS_TOL)
+            ]
+            if sm.empty:
+                continue
+            robust = ((sm["clean_pred"] == sm["label"]) & ~sm["broken"].astype(bool)).astype(float)
+            labels = sm["label"]
+        g = pd.DataFrame({"label": labels.to_numpy(), "robust": robust.to_numpy()}).groupby("label")["robust"]
+        rows[m] = g.mean()
+        counts[m] = g.size()
+    if not rows:
+        return None
+    table = pd.DataFrame(rows).T.sort_index(axis=1)
+    names = bundle.classes
+    table.columns = [names[int(c)] if names and 0 <= int(c) < len(names) else str(c) for c in table.columns]
+    count = pd.DataFrame(counts).T.sort_index(axis=1)
+    return table, {"attack": attack, "norm": norm, "eps": eps, "counts": count}
+
+
+def per_class_views(bundle: ResultsBundle) -> list[tuple[pd.DataFrame, dict[str, Any]]]:
+    """Per-class tables at up to two eps of the main attack: the middle nonzero eps and the headline eps."""
+    choice = main_attack(bundle)
+    if choice is None or bundle.samples is None:
+        return []
+    attack, norm, head = choice
+    s = bundle.summary
+    grid = eps_grid(s[s["norm"] == norm] if attack == WORST_CASE else s[s["attack"] == attack], norm)
+    pos = [e for e in grid if EPS_TOL < e <= head + EPS_TOL]
+    wanted = [pos[(len(pos) - 1) // 2], head] if len(pos) > 1 else [head]
+    views = []
+    for e in dict.fromkeys(wanted):
+        v = per_class_accuracy(bundle, e)
+        if v is not None:
+            views.append(v)
+    return views
+
+
+def per_class_page(views: list[tuple[pd.DataFrame, dict[str, Any]]], title: str) -> Figure:
+    """Annotated heatmaps of per-class robust accuracy (%), one per eps, on one colour scale."""
+    import seaborn as sns
+
+    info = views[0][1]
+    what = (
+        "worst case over " + NORM_NAMES.get(info["norm"], info["norm"]) + " attacks"
+        if info["attack"] == WORST_CASE
+        else info["attack"]
+    )
+    n_per = info["counts"].max(axis=0)
+    fig = new_page(
+        title,
+        f"Robust accuracy (%) per true class under the {what}, at eps "
+        f"{' and '.join(eps_label(v[1]['eps']) for v in views)}; samples per class: "
+        f"{int(n_per.min())}-{int(n_per.max())} (small counts are noisy).",
+    )
+    top = 0.84
+    avail = 0.76 / len(views)
+    for table, vinfo in views:
+        ncls = table.shape[1]
+        rotate = ncls > 12 or max(len(c) for c in table.columns) > 4
+        height = min(avail - (0.13 if rotate else 0.09), 0.09 * len(table) + 0.06)
+        ax = fig.add_axes((0.24, top - height, 0.70, height))
+        sns.heatmap(
+            100 * table,
+            ax=ax,
+            vmin=0,
+            vmax=100,
+            cmap="viridis",
+            annot=ncls <= 30,
+            fmt=".0f",
+            cbar_kws={"label": "robust acc. (%)", "shrink": 0.9},
+            linewidths=0.5,
+            linecolor="white",
+        )
+        ax.set_title(f"eps {eps_label(vinfo['eps'])}", loc="left", fontsize=10, fontweight="bold")
+        ax.set_xlabel("")
+        ax.set_ylabel("")
+        ax.tick_params(axis="x", rotation=90 if rotate else 0)
+        ax.tick_params(axis="y", rotation=0)
+        top -= avail
+    return fig

@@ -1,0 +1,320 @@
+"""Read one or more results folders into one bundle the report sections share.
+
+Reporting reads only what the engine wrote (docs/architecture.md, "Results folder"); it never loads
+a model. Several folders are aligned by model label and eps; a label that occurs in more than one
+folder is renamed ``"label [folder name]"`` everywhere so no two runs are silently merged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import UserError
+
+WORST_CASE = "worst-case"
+BOUNDED_NORMS = ("linf", "l2", "l0")
+EPS_TOL = 1e-6
+
+
+@dataclass
+class ResultsBundle:
+    """Everything the report needs, merged over the results folders given.
+
+    ``summary``/``samples``/``sanity``/``attention`` carry the model label after renaming (and a
+    ``folder`` column); ``samples``/``sanity``/``attention`` are ``None`` when no folder had them.
+    """
+
+    folders: list[Path]
+    manifests: dict[str, dict[str, Any]]  # folder label -> manifest.json (empty dict if missing)
+    summary: pd.DataFrame
+    samples: pd.DataFrame | None
+    sanity: pd.DataFrame | None
+    attention: pd.DataFrame | None
+    attention_npz: dict[str, Path]  # model label -> stored maps
+    models: list[str]  # sorted model labels
+    model_folder: dict[str, str]  # model label -> folder label
+    has_attention: dict[str, bool]
+    classes: list[str] | None
+    missing: list[str] = field(default_factory=list)  # honest notes on what is not there
+
+    @property
+    def datasets(self) -> list[str]:
+        return sorted(set(self.summary["dataset"].astype(str)))
+
+
+def eps_label(eps: float) -> str:
+    """eps on the [0,1] scale as the report shows it: ``"8/255"``, ``"0.5/255"``, ``"unbounded"``."""
+    if eps is None or (isinstance(eps, float) and math.isnan(eps)):
+        return "-"
+    if math.isinf(eps):
+        return "unbounded"
+    v = eps * 255.0
+    if abs(v - round(v)) < 1e-4:
+        return f"{int(round(v))}/255"
+    return f"{v:.3g}/255"
+
+
+def _folder_labels(folders: list[Path]) -> list[str]:
+    """Short unique names for folders: the folder name, with the parent's when names clash."""
+    labels = [f.name or str(f) for f in folders]
+    for i, lab in enumerate(labels):
+        if labels.count(lab) > 1:
+            labels[i] = f"{folders[i].parent.name}/{lab}"
+    seen: dict[str, int] = {}
+    out = []
+    for lab in labels:
+        seen[lab] = seen.get(lab, 0) + 1
+        out.append(lab if seen[lab] == 1 else f"{lab}#{seen[lab]}")
+    return out
+
+
+def _read_optional(path: Path, missing: list[str], what: str, label: str) -> pd.DataFrame | None:
+    if not path.is_file():
+        missing.append(f"{label}: no {path.name} ({what} not shown for this folder)")
+        return None
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:  # a damaged optional table must not sink the whole report
+        missing.append(f"{label}: {path.name} could not be read ({type(exc).__name__}: {exc})")
+        return None
+
+
+def _safe_name(model: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in model)
+
+
+def load_results(dirs: list[Path] | list[str]) -> ResultsBundle:
+    """Load and merge results folders; raise :class:`UserError` if one is missing or has no summary."""
+    if not dirs:
+        raise UserError(
+            "no results folder given: pass at least one folder written by `robustbench-lta sweep`"
+        )
+    folders = [Path(d) for d in dirs]
+    for f in folders:
+        if not f.is_dir():
+            raise UserError(
+                f"results folder {f} does not exist: pass a folder written by `robustbench-lta sweep`"
+            )
+        if not (f / "summary.parquet").is_file():
+            raise UserError(
+                f"{f} has no summary.parquet: it is not a finished sweep (run or resume the sweep first)"
+            )
+    labels = _folder_labels(folders)
+    missing: list[str] = []
+    manifests: dict[str, dict[str, Any]] = {}
+    per_folder: list[dict[str, Any]] = []
+    for folder, label in zip(folders, labels, strict=True):
+        try:
+            summary = pd.read_parquet(folder / "summary.parquet")
+        except Exception as exc:
+            raise UserError(f"{folder / 'summary.parquet'} cannot be read ({exc}): re-run the sweep") from exc
+        need = {"model", "attack", "norm", "eps", "n", "clean_acc", "robust_acc", "status"}
+        if not need <= set(summary.columns):
+            raise UserError(
+                f"{folder / 'summary.parquet'} lacks columns {sorted(need - set(summary.columns))}: "
+                "it was not written by this version of robustbench-lta"
+            )
+        man_path = folder / "manifest.json"
+        manifest: dict[str, Any] = {}
+        if man_path.is_file():
+            try:
+                manifest = json.loads(man_path.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                missing.append(f"{label}: manifest.json could not be read ({exc})")
+        else:
+            missing.append(f"{label}: no manifest.json (run details unknown)")
+        manifests[label] = manifest
+        per_folder.append(
+            {
+                "label": label,
+                "folder": folder,
+                "summary": summary,
+                "manifest": manifest,
+                "samples": _read_optional(
+                    folder / "samples.parquet",
+                    missing,
+                    "confidence intervals from paired samples and per-class accuracy",
+                    label,
+                ),
+                "sanity": _read_optional(folder / "sanity.parquet", missing, "sanity checks", label),
+                "attention": (
+                    _read_optional(folder / "attention.parquet", missing, "attention drift", label)
+                    if (folder / "attention.parquet").is_file()
+                    else None
+                ),
+            }
+        )
+    # model labels that occur in more than one folder get the folder name appended
+    count: dict[str, int] = {}
+    for pf in per_folder:
+        for m in sorted(set(pf["summary"]["model"].astype(str))):
+            count[m] = count.get(m, 0) + 1
+    model_folder: dict[str, str] = {}
+    has_attention: dict[str, bool] = {}
+    npz: dict[str, Path] = {}
+    frames: dict[str, list[pd.DataFrame]] = {"summary": [], "samples": [], "sanity": [], "attention": []}
+    for pf in per_folder:
+        label = pf["label"]
+        originals = sorted(set(pf["summary"]["model"].astype(str)))
+        rename = {m: (f"{m} [{label}]" if count[m] > 1 else m) for m in originals}
+        man_models = pf["manifest"].get("models", {}) or {}
+        for orig, new in rename.items():
+            model_folder[new] = label
+            info = man_models.get(orig, {}) if isinstance(man_models, dict) else {}
+            path = pf["folder"] / "attention" / f"{_safe_name(orig)}.npz"
+            att = bool(info.get("has_attention", False)) or path.is_file()
+            if pf["attention"] is not None and orig in set(pf["attention"]["model"].astype(str)):
+                att = True
+            has_attention[new] = att
+            if path.is_file():
+                npz[new] = path
+            elif att:
+                missing.append(f"{label}: attention model {orig} has no stored maps (attention/{path.name})")
+        for key in frames:
+            df = pf[key]
+            if df is None or df.empty and key != "summary":
+                continue
+            df = df.copy()
+            if "model" in df.columns:
+                df["model"] = df["model"].astype(str).map(lambda m, r=rename: r.get(m, m))
+            df["folder"] = label
+            frames[key].append(df)
+    summary = pd.concat(frames["summary"], ignore_index=True)
+    summary["eps"] = summary["eps"].astype(float)
+    for col in ("message",):
+        if col not in summary.columns:
+            summary[col] = ""
+    summary["message"] = summary["message"].fillna("").astype(str)
+    summary["status"] = summary["status"].fillna("failed").astype(str)
+    if "dataset" not in summary.columns:
+        summary["dataset"] = "unknown"
+
+    def cat(key: str) -> pd.DataFrame | None:
+        return pd.concat(frames[key], ignore_index=True) if frames[key] else None
+
+    models = sorted(set(summary["model"].astype(str)))
+    classes = None
+    for man in manifests.values():
+        cl = (man.get("dataset") or {}).get("classes")
+        if cl:
+            classes = [str(c) for c in cl]
+            break
+    if summary.empty:
+        missing.append("the summary table is empty: no cell finished")
+    return ResultsBundle(
+        folders=folders,
+        manifests=manifests,
+        summary=summary,
+        samples=cat("samples"),
+        sanity=cat("sanity"),
+        attention=cat("attention"),
+        attention_npz=npz,
+        models=models,
+        model_folder=model_folder,
+        has_attention=has_attention,
+        classes=classes,
+        missing=missing,
+    )
+
+
+def model_palette(models: list[str]) -> dict[str, tuple[float, float, float]]:
+    """One colour per model, keyed by sorted model names, used on every page of the report."""
+    import seaborn as sns
+
+    names = sorted(models)
+    colours = sns.color_palette("tab10" if len(names) <= 10 else "husl", max(len(names), 1))
+    return {m: tuple(colours[i]) for i, m in enumerate(names)}
+
+
+def wilson(k: float, n: float, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval for k successes out of n (both as proportions of 1)."""
+    if n <= 0 or not np.isfinite(k):
+        return (math.nan, math.nan)
+    p = k / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(max(p * (1 - p) / n + z * z / (4 * n * n), 0.0)) / den
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def norm_attacks(summary: pd.DataFrame, norm: str) -> list[str]:
+    """Attacks (not the worst-case rows) of one norm with at least one ok cell."""
+    ok = summary[(summary["status"] == "ok") & (summary["attack"] != WORST_CASE) & (summary["norm"] == norm)]
+    return sorted(set(ok["attack"].astype(str)))
+
+
+def eps_grid(summary: pd.DataFrame, norm: str) -> list[float]:
+    """Finite eps values of one norm's bounded cells, ascending, de-duplicated within tolerance."""
+    sub = summary[(summary["norm"] == norm) & np.isfinite(summary["eps"].astype(float))]
+    vals = sorted(set(float(e) for e in sub["eps"]))
+    out: list[float] = []
+    for v in vals:
+        if not out or abs(v - out[-1]) > EPS_TOL:
+            out.append(v)
+    return out
+
+
+def worst_case_per_sample(
+    summary: pd.DataFrame, samples: pd.DataFrame, model: str, norm: str, grid: list[float]
+) -> pd.DataFrame | None:
+    """Per sample, robust (correct clean and unbroken by every attack of ``norm``) at each eps of ``grid``.
+
+    The same definition as the engine's worst-case rows: a sample counts as broken at eps if any
+    ok attack of that norm broke it at a budget eps' <= eps, or a minimal-perturbation (unbounded)
+    attack of that norm found an adversarial example of norm <= eps. Returns a frame indexed by
+    dataset ``index`` with columns ``label`` and one bool column per eps; ``None`` without samples.
+    """
+    ok = summary[
+        (summary["status"] == "ok")
+        & (summary["attack"] != WORST_CASE)
+        & (summary["model"] == model)
+        & (summary["norm"] == norm)
+    ]
+    attacks = sorted(set(ok["attack"].astype(str)))
+    if not attacks:
+        return None
+    s = samples[(samples["model"] == model) & samples["attack"].isin(attacks)]
+    if s.empty:
+        return None
+    # only the cells that finished ok count (a failed cell's partial samples would bias the min)
+    ok_cells = {(str(a), float(e)) for a, e in zip(ok["attack"], ok["eps"], strict=True)}
+    keep = np.array(
+        [(str(a), float(e)) in ok_cells for a, e in zip(s["attack"], s["eps"], strict=True)], dtype=bool
+    )
+    s = s[keep]
+    if s.empty:
+        return None
+    first = s.drop_duplicates("index").set_index("index").sort_index()
+    index = first.index.to_numpy()
+    pos = pd.Series(np.arange(len(index)), index=index)
+    correct = first["clean_pred"].to_numpy() == first["label"].to_numpy()
+    broken_at = np.full(len(index), np.inf)
+    hit = s[s["broken"].to_numpy(dtype=bool)]
+    if not hit.empty:
+        where = pos.loc[hit["index"].to_numpy()].to_numpy()
+        eps = hit["eps"].to_numpy(dtype=float)
+        at = np.where(np.isinf(eps), hit["norm"].to_numpy(dtype=float), eps)
+        np.minimum.at(broken_at, where, at)
+    out = pd.DataFrame({"label": first["label"].to_numpy()}, index=index)
+    for e in grid:
+        out[e] = correct & ~(broken_at <= e + EPS_TOL)
+    return out
+
+
+def headline_eps(grid: list[float], norm: str) -> float | None:
+    """The eps the verdict and per-class figure lead with: linf: largest in (0, 8/255]; else largest > 0."""
+    pos = [e for e in grid if e > EPS_TOL]
+    if not pos:
+        return grid[-1] if grid else None
+    if norm == "linf":
+        small = [e for e in pos if e <= 8 / 255 + EPS_TOL]
+        if small:
+            return small[-1]
+    return pos[-1]

@@ -1,0 +1,420 @@
+"""Build the comparison report (PDF + PNG figures + CSV/Markdown tables) from results folders.
+
+Sections, each starting on its own page: Summary (what was compared, the verdict), Robustness
+curves, Tables, Attention under attack, Sanity checks, Per-class robust accuracy. Missing pieces
+(failed cells, no samples, no attention model, one model only) are said in words on the page where
+they would have appeared and collected in :attr:`ReportResult.warnings`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import UserError
+from .attention_figures import drift_page, drift_table, map_grid_page
+from .curves import curves_table, per_class_page, per_class_views, robustness_curve_pages
+from .load import WORST_CASE, ResultsBundle, eps_label, load_results, model_palette
+from .pages import PageSink, report_style
+from .tables import SANITY_EXPLAIN, STATUS_COLOURS, all_tables, sanity_table, write_table
+from .verdict import compute_verdict
+
+SECTIONS = [
+    "Summary",
+    "Robustness curves",
+    "Tables",
+    "Attention under attack",
+    "Sanity checks",
+    "Per-class robust accuracy",
+]
+
+
+@dataclass
+class ReportResult:
+    """What :func:`build_report` wrote: the PDF, figure PNGs, table files, section titles and warnings."""
+
+    pdf: Path
+    pngs: list[Path] = field(default_factory=list)
+    tables: list[Path] = field(default_factory=list)
+    sections: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    verdict: dict[str, Any] = field(default_factory=dict)
+    pages: int = 0
+
+
+def _title(i: int) -> str:
+    return f"{i + 1}. {SECTIONS[i]}"
+
+
+def _attack_lines(bundle: ResultsBundle) -> list[str]:
+    """One line per attack: norm, kind, parameters and eps list in /255 (from the manifests)."""
+    lines: dict[str, str] = {}
+    for man in bundle.manifests.values():
+        for name, a in (man.get("attacks") or {}).items():
+            eps = a.get("eps") or []
+            bounded = a.get("bounded", True)
+            eps_txt = (
+                "unbounded (minimal perturbation)"
+                if not bounded
+                else "eps " + ", ".join(eps_label(float(e)) for e in eps)
+            )
+            params = ", ".join(f"{k}={v}" for k, v in (a.get("params") or {}).items())
+            lines.setdefault(
+                name,
+                f"  {name}: {a.get('norm', '?')}, {a.get('kind', '?')}"
+                f"{' (' + params + ')' if params else ''}; {eps_txt}",
+            )
+    s = bundle.summary
+    for (attack, norm), d in s[s["attack"] != WORST_CASE].groupby(["attack", "norm"]):
+        if attack not in lines:
+            eps = sorted(set(d["eps"].astype(float)))
+            eps_txt = (
+                "unbounded"
+                if all(math.isinf(e) for e in eps)
+                else "eps " + ", ".join(eps_label(e) for e in eps)
+            )
+            lines[attack] = f"  {attack}: {norm}; {eps_txt} (from summary.parquet; no manifest)"
+    return [lines[k] for k in sorted(lines)]
+
+
+def _summary_text(bundle: ResultsBundle, verdict: dict[str, Any], warnings: list[str]) -> str:
+    s = bundle.summary
+    parts: list[str] = ["VERDICT", verdict["text"], "", "WHAT WAS COMPARED"]
+    for m in bundle.models:
+        d = s[s["model"] == m]
+        att = "attention model" if bundle.has_attention.get(m) else "no attention"
+        man = bundle.manifests.get(bundle.model_folder.get(m, ""), {})
+        info = (man.get("models") or {}).get(m.split(" [")[0]) or {}
+        src = f", from {info['source']}" if info.get("source") else ""
+        parts.append(f"  {m}: {att}; {len(d)} result rows; folder {bundle.model_folder.get(m, '?')}{src}")
+    parts.append("Attacks:")
+    parts.extend(_attack_lines(bundle))
+    for label, man in bundle.manifests.items():
+        ds = man.get("dataset") or {}
+        versions = man.get("versions") or {}
+        vtxt = ", ".join(
+            f"{k} {versions[k]}"
+            for k in ("robustbench-lta", "torch", "torchattacks", "foolbox", "python")
+            if k in versions
+        )
+        cfg = man.get("config") or {}
+        parts.append(
+            f"Run '{label}': dataset {ds.get('name', ', '.join(bundle.datasets))}, n = "
+            f"{ds.get('n', int(s['n'].max()) if len(s) else 0)} samples; device {man.get('device', '?')}; "
+            f"seed {man.get('seed', '?')}; accounting {cfg.get('accounting', '?')}; "
+            f"started {man.get('started', '?')}, finished {man.get('finished', '?')}; "
+            f"git commit {str(man.get('git_commit') or 'unknown')[:12]}; versions: {vtxt or 'unknown'}."
+        )
+    counts_bad = s[s["status"] != "ok"]
+    if len(counts_bad):
+        parts.append(
+            f"{len(counts_bad)} of {len(s)} result rows did not finish (failed/invalid); "
+            "they are listed in the Tables section and left out of curves and the verdict."
+        )
+    if warnings:
+        parts += ["", "WHAT IS MISSING OR INCOMPLETE"] + [f"  - {w}" for w in warnings]
+    return "\n".join(parts)
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("robustbench-lta")
+    except Exception:  # not installed (running from a source tree)
+        return "(version unknown)"
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    return str(o)
+
+
+def build_report(results_dirs: list[Path], out_pdf: Path, title: str | None = None) -> ReportResult:
+    """Write the PDF report for ``results_dirs`` to ``out_pdf`` plus ``<stem>_files/`` (PNGs, CSV, Markdown).
+
+    Raises :class:`UserError` if a folder is missing or is not a finished sweep (no summary.parquet).
+    """
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    bundle = load_results([Path(d) for d in results_dirs])
+    out_pdf = Path(out_pdf)
+    if out_pdf.suffix.lower() != ".pdf":
+        raise UserError(f"report output {out_pdf} must end in .pdf")
+    out_pdf.parent.mkdir(parents=True, exist_ok=True)
+    files = out_pdf.parent / f"{out_pdf.stem}_files"
+    files.mkdir(parents=True, exist_ok=True)
+    for old in list(files.glob("*.png")) + list(files.glob("*.csv")) + list(files.glob("*.md")):
+        old.unlink()  # no stale figure from an earlier report with other sections
+    warnings = list(bundle.missing)
+    palette = model_palette(bundle.models)
+    verdict = compute_verdict(bundle)
+    result = ReportResult(pdf=out_pdf, verdict=verdict)
+    if len(bundle.models) < 2:
+        warnings.append(
+            f"only one model ({bundle.models[0]}): nothing to compare against"
+            if bundle.models
+            else "no model has results: nothing to compare"
+        )
+    doc_title = title or ("Robustness report: " + " vs ".join(bundle.models))
+    if not bundle.models and not title:
+        doc_title = "Robustness report (no finished results)"
+    if len(doc_title) > 75 and not title:
+        runs = f" from {len(bundle.folders)} runs" if len(bundle.folders) > 1 else ""
+        doc_title = f"Robustness report: {len(bundle.models)} models{runs}"
+    tmp = out_pdf.with_name(f".{out_pdf.name}.tmp")
+    with report_style(), PdfPages(tmp) as pdf:
+        sink = PageSink(pdf=pdf, png_dir=files)
+        info = pdf.infodict()
+        info["Title"] = doc_title
+        info["Creator"] = "robustbench-lta"
+
+        def section(i: int) -> None:
+            result.sections.append(SECTIONS[i])
+
+        # 1. Summary: derived data first, so the summary's list of what is missing is complete
+        pre = _precompute(bundle, warnings)
+        section(0)
+        sink.text_pages(
+            f"{_title(0)}: {doc_title}",
+            _summary_text(bundle, verdict, warnings),
+            subtitle=f"Generated {datetime.now().astimezone():%Y-%m-%d %H:%M %Z} by robustbench-lta "
+            f"{_version()} from {', '.join(str(f) for f in bundle.folders)}",
+            width=140,
+            fontsize=9.5,
+        )
+
+        # 2. Robustness curves
+        section(1)
+        figs = robustness_curve_pages(bundle, palette, _title(1))
+        if figs:
+            for k, fig in enumerate(figs):
+                sink.add(fig, f"robustness_curves_{k + 1}")
+        else:
+            sink.text_pages(
+                _title(1),
+                "No bounded attack has results, so there are no curves. Unbounded "
+                "attacks are summarised in the Tables section.",
+            )
+
+        # 3. Tables
+        section(2)
+        for name, (num, _txt, _caption) in pre["tables"].items():
+            result.tables += write_table(num, files, name)
+        result.tables += write_table(pre["auc"], files, "curve_auc")
+        _table_section(sink, pre, bundle)
+
+        # 4. Attention under attack
+        section(3)
+        _attention_section(sink, bundle, palette, pre, result)
+
+        # 5. Sanity checks
+        section(4)
+        san = sanity_table(bundle)
+        result.tables += write_table(san, files, "sanity_checks")
+        _sanity_section(sink, san)
+
+        # 6. Per-class robust accuracy
+        section(5)
+        pc = pre["per_class"]
+        if not pc:
+            why = (
+                "samples.parquet is missing"
+                if bundle.samples is None
+                else "no bounded attack finished with per-sample records"
+            )
+            sink.text_pages(_title(5), f"Per-class robust accuracy needs per-sample results: {why}.")
+        else:
+            parts = []
+            for table, pinfo in pc:
+                out = (100 * table).round(3)
+                out.insert(0, "model", out.index)
+                out.insert(1, "attack", pinfo["attack"])
+                out.insert(2, "eps", eps_label(pinfo["eps"]))
+                parts.append(out.reset_index(drop=True))
+            result.tables += write_table(
+                pd.concat(parts, ignore_index=True), files, "per_class_robust_accuracy"
+            )
+            sink.add(per_class_page(pc, _title(5)), "per_class_robust_accuracy")
+        result.pages = sink.pages
+        result.pngs = list(sink.pngs)
+    os.replace(tmp, out_pdf)
+    (files / "verdict.json").write_text(
+        json.dumps({k: v for k, v in verdict.items()}, indent=1, default=_json_default)
+    )
+    result.warnings = warnings
+    return result
+
+
+def _precompute(bundle: ResultsBundle, warnings: list[str]) -> dict[str, Any]:
+    """Tables and derived data, computed before the Summary so its 'missing' list is complete."""
+    pre: dict[str, Any] = {"tables": all_tables(bundle), "auc": curves_table(bundle)}
+    s = bundle.summary
+    bad = s[s["status"] != "ok"]
+    if len(bad) <= 6:
+        for r in bad.itertuples(index=False):
+            warnings.append(
+                f"cell {r.model} / {r.attack} / eps {eps_label(r.eps)} is {r.status}: "
+                f"{r.message or 'no message'}"
+            )
+    else:  # many: one line per distinct reason, the cells are listed in the Tables section
+        for (status, message), g in bad.groupby(["status", "message"], sort=True):
+            warnings.append(
+                f"{len(g)} cells {status} ({', '.join(sorted(set(g['model'].astype(str))))}): "
+                f"{message or 'no message'} (listed under 'cells not ok' in Tables)"
+            )
+    finite = s[np.isfinite(s["eps"].astype(float))]
+    if not finite.empty and len(set(finite["eps"])) == 1:
+        warnings.append(
+            f"a single eps ({eps_label(float(finite['eps'].iloc[0]))}) was swept: curves are points"
+        )
+    pre["per_class"] = per_class_views(bundle)
+    if bundle.samples is None:
+        warnings.append("no samples.parquet: intervals use Newcombe/Wilson (unpaired), no per-class view")
+    if bundle.sanity is None:
+        warnings.append("no sanity.parquet: sanity checks cannot be shown")
+    att_models = [m for m in bundle.models if bundle.has_attention.get(m)]
+    if not att_models:
+        warnings.append("no attention model among the results: the attention section is a note only")
+    pre["att_models"] = att_models
+    pre["drift"] = (
+        drift_table(bundle.attention) if bundle.attention is not None and not bundle.attention.empty else None
+    )
+    if att_models and pre["drift"] is None:
+        warnings.append("attention models present but attention.parquet is missing or empty: no drift plot")
+    return pre
+
+
+def _table_section(sink: PageSink, pre: dict[str, Any], bundle: ResultsBundle) -> None:
+    """All tables, packed onto as few pages as fit; FAILED/INVALID cells in red, worst-case rows shaded."""
+    empty_note = {
+        "unbounded_attacks": "No unbounded (minimal-perturbation) attack in these results.",
+        "cells_not_ok": "Every cell finished ok.",
+    }
+    items: list[tuple[str, pd.DataFrame, pd.DataFrame | None]] = []
+    tables = dict(pre["tables"])
+    tables["curve_auc"] = (
+        pre["auc"],
+        None,
+        "Area under the robustness curves: mean robust accuracy (%) over "
+        "each curve's eps range (trapezoid / range).",
+    )
+    for name, (num, txt, caption) in tables.items():
+        shown = (txt if txt is not None else num).copy()
+        if shown.empty:
+            items.append((f"{caption} {empty_note.get(name, 'No rows.')}", shown, None))
+            continue
+        for c in shown.columns:
+            if shown[c].dtype.kind == "f":
+                shown[c] = shown[c].map(lambda v: "" if not np.isfinite(v) else f"{v:.4g}")
+        shown = shown.astype(str)
+        colours = pd.DataFrame("white", index=shown.index, columns=shown.columns)
+        colours = colours.where(~shown.isin(["FAILED", "INVALID", "failed", "invalid"]), "#ffcdd2")
+        if "attack" in shown.columns:  # the worst-case rows stand out as the headline numbers
+            colours.loc[shown["attack"] == WORST_CASE, [c for c in ("attack", "model") if c in shown]] = (
+                "#e8eaf6"
+            )
+        items.append((caption, shown, colours))
+    sink.table_stack(
+        _title(2),
+        items,
+        wrap={"message": 90},
+        note="Numbers in %, eps in /255. CSV and Markdown versions (full precision, "
+        "95% intervals) are written beside the PDF.",
+    )
+
+
+def _attention_section(
+    sink: PageSink, bundle: ResultsBundle, palette: dict[str, Any], pre: dict[str, Any], result: ReportResult
+) -> None:
+    att_models = pre["att_models"]
+    if not att_models:
+        sink.text_pages(
+            _title(3),
+            "No attention models in these results: none of the compared models has an attention "
+            "mechanism, so there are no attention maps or drift measurements to show.\n\nModels: "
+            + ", ".join(bundle.models),
+        )
+        return
+    first = True
+    for m in att_models:
+        path = bundle.attention_npz.get(m)
+        if path is None:
+            continue
+        try:
+            fig = map_grid_page(m, path, bundle.classes, _title(3) if first else f"Attention maps: {m}")
+        except (KeyError, ValueError, OSError) as exc:
+            result.warnings.append(f"attention maps of {m} could not be drawn: {exc}")
+            continue
+        sink.add(fig, f"attention_maps_{''.join(c if c.isalnum() else '_' for c in m)}")
+        first = False
+    drift = pre["drift"]
+    if drift is not None and not drift.empty:
+        result.tables += write_table(drift, sink.png_dir, "attention_drift")
+        sink.add(
+            drift_page(drift, palette, _title(3) if first else "Attention drift under attack"),
+            "attention_drift",
+        )
+        first = False
+    if first:
+        sink.text_pages(
+            _title(3),
+            "Attention models (" + ", ".join(att_models) + ") are present, but the "
+            "results hold neither stored maps (attention/MODEL.npz) nor attention.parquet. Re-run "
+            "the sweep with attention_samples > 0 to get them.",
+        )
+
+
+def _sanity_section(sink: PageSink, san: pd.DataFrame) -> None:
+    if san.empty:
+        sink.text_pages(
+            _title(4),
+            "No sanity checks in these results (sanity.parquet missing or empty), so "
+            "gradient masking and evaluation bugs were not screened for. Treat the numbers with care.",
+        )
+        return
+    counts = san["status"].value_counts()
+    head = (
+        f"{len(san)} checks: {counts.get('pass', 0)} pass, {counts.get('warn', 0)} warn, "
+        f"{counts.get('fail', 0)} fail. A warning or failure does not prove the numbers wrong, but each "
+        "points at a way robustness can be overestimated; read the row's message for the specifics."
+    )
+    rows = []
+    for check in sorted(
+        set(san["check"]), key=lambda c: (-(san[san["check"] == c]["status"] != "pass").sum(), c)
+    ):
+        c = san[san["check"] == check]["status"].value_counts()
+        rows.append(
+            {
+                "check": check,
+                "pass": int(c.get("pass", 0)),
+                "warn": int(c.get("warn", 0)),
+                "fail": int(c.get("fail", 0)),
+                "what a warning or failure means": SANITY_EXPLAIN.get(check, "see the rows' messages."),
+            }
+        )
+    overview = pd.DataFrame(rows).astype(str)
+    ov_colours = pd.DataFrame("white", index=overview.index, columns=overview.columns)
+    for col in ("warn", "fail"):
+        ov_colours.loc[overview[col] != "0", col] = STATUS_COLOURS[col]
+    colours = pd.DataFrame("white", index=san.index, columns=san.columns)
+    colours["status"] = san["status"].map(STATUS_COLOURS).fillna("white")
+    sink.table_stack(
+        _title(4),
+        [
+            ("Checks and what their failures mean", overview, ov_colours),
+            ("All rows (fail and warn first)", san, colours),
+        ],
+        note=head,
+        wrap={"what a warning or failure means": 85, "message": 80, "attack": 22},
+        fontsize=8,
+    )
