@@ -269,3 +269,36 @@ def test_bad_inputs_give_user_errors(trained_checkpoints, tmp_path):
     with pytest.raises(UserError):
         run_sweep({"m": str(trained_checkpoints["smallcnn"])}, [{"name": "pgd-linf", "params": {"stepz": 3}}],
                   [0.1], out=tmp_path / "d", progress=False)
+
+
+def test_report_from_the_real_sweep(small_sweep, tmp_path):
+    """The report CLI on a real (small) sweep: a PDF with every section, numbers as in summary.parquet."""
+    from PIL import Image
+    from pypdf import PdfReader
+
+    from robustbench_lta.cli import main
+    from robustbench_lta.reporting.pdf import SECTIONS
+
+    out, summary = small_sweep
+    pdf = tmp_path / "real.pdf"
+    main(["report", str(out), "--out", str(pdf)])  # returns normally on success (exit 0)
+    reader = PdfReader(str(pdf))
+    text = " ".join(" ".join(p.extract_text() or "" for p in reader.pages).split())
+    assert len(reader.pages) >= len(SECTIONS)
+    for i, name in enumerate(SECTIONS):
+        assert f"{i + 1}. {name}" in text
+    # the verdict quotes the worst-case robust accuracy at the largest eps, as the summary has it
+    verdict = json.loads((tmp_path / "real_files" / "verdict.json").read_text())
+    head = verdict["norms"]["linf"]["headline_eps"]
+    assert head == pytest.approx(max(EPS))
+    wc = summary[(summary["attack"] == "worst-case") & (summary["norm"] == "linf")]
+    for r in wc[np.isclose(wc["eps"], head)].itertuples(index=False):
+        assert f"{r.model} {r.robust_acc * 100:.1f}%" in text
+    for r in summary[summary["attack"] != "worst-case"].drop_duplicates("model").itertuples(index=False):
+        assert f"{r.model} {r.clean_acc * 100:.1f}%" in text  # clean accuracy, as in the summary
+    pngs = sorted((tmp_path / "real_files").glob("*.png"))
+    names = {p.name for p in pngs}
+    assert "attention_maps_smallcnn_att2_concat_pc.png" in names and "attention_drift.png" in names
+    assert any(n.startswith("robustness_curves") for n in names)
+    for p in pngs:
+        assert np.asarray(Image.open(p).convert("L"), dtype=float).std() > 5, f"{p.name} looks blank"

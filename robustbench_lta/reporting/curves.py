@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 
 from .load import (
     EPS_TOL,
+    NORM_NAMES,
     WORST_CASE,
     ResultsBundle,
     eps_grid,
@@ -31,7 +32,6 @@ from .load import (
 from .pages import new_page
 
 PANELS_PER_PAGE = 6
-NORM_NAMES = {"linf": "L-inf", "l2": "L2", "l0": "L0"}
 
 
 def curve_panels(bundle: ResultsBundle) -> list[tuple[str, str, pd.DataFrame]]:

@@ -19,6 +19,7 @@ import pandas as pd
 from ..errors import UserError
 
 WORST_CASE = "worst-case"
+NORM_NAMES = {"linf": "L-inf", "l2": "L2", "l0": "L0"}  # how norms are named on pages
 BOUNDED_NORMS = ("linf", "l2", "l0")
 EPS_TOL = 1e-6
 

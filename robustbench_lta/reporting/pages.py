@@ -52,7 +52,9 @@ def new_page(title: str | None = None, subtitle: str | None = None) -> Figure:
     """A blank landscape page with a bold title at the top (the title text is searchable in the PDF)."""
     fig = plt.figure(figsize=PAGE)
     if title:
-        fig.text(0.04, 0.955, title, fontsize=17, fontweight="bold", va="top", ha="left")
+        # about 72 bold characters fit across the page at 17 pt: shrink longer titles, never clip them
+        size = 17.0 if len(title) <= 72 else max(11.0, 17.0 * 72 / len(title))
+        fig.text(0.04, 0.955, title, fontsize=size, fontweight="bold", va="top", ha="left")
     if subtitle:
         fig.text(
             0.04,

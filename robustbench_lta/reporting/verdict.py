@@ -20,6 +20,7 @@ import pandas as pd
 from .load import (
     BOUNDED_NORMS,
     EPS_TOL,
+    NORM_NAMES,
     WORST_CASE,
     ResultsBundle,
     eps_grid,
@@ -31,7 +32,6 @@ from .load import (
 )
 
 N_BOOT = 4000
-NORM_NAMES = {"linf": "L-inf", "l2": "L2", "l0": "L0"}
 SEED = 0
 
 
