@@ -302,3 +302,19 @@ def test_docs_example_works(tmp_path: Path) -> None:
     attack = get_attack("random-sign", seed=0)
     x_adv = attack(model, x, y, 8 / 255)
     assert verify_batch(x, x_adv, 8 / 255, attack.threat_model, attack.bounded).ok
+
+
+def test_readme_example_works(tmp_path: Path) -> None:
+    """The plugin in README.md ("Your own attack") works when copied into a folder, as the README says."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("```python\n# my_attacks/uniform_noise.py\n") + len("```python\n")
+    code = readme[start : readme.index("```", start)]
+    assert len(code.strip().splitlines()) <= 25  # short enough to copy
+    (tmp_path / "uniform_noise.py").write_text(code)
+    infos = {a.name: a for a in discover([tmp_path])}
+    assert infos["uniform-noise"].source.startswith("folder:")
+    model, (x, y) = _model(), _batch()
+    attack = get_attack("uniform-noise", seed=0)
+    x_adv = attack(model, x, y, 8 / 255)
+    assert verify_batch(x, x_adv, 8 / 255, attack.threat_model, attack.bounded).ok
+    assert (x_adv != x).any()

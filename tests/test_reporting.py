@@ -504,3 +504,24 @@ def test_intervals() -> None:
     assert lo == hi == 0
     lo, hi = newcombe_diff(0.8, 100, 0.4, 100)
     assert 0.25 < lo < 0.4 < hi < 0.55
+
+
+def test_failed_report_keeps_the_previous_one(results_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """A report that breaks halfway leaves the earlier PDF and its files untouched, and no temporaries."""
+    from robustbench_lta.reporting import pdf as pdf_mod
+
+    out = tmp_path / "keep.pdf"
+    first = build_report([results_dir], out)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "keep_files").iterdir()}
+    pdf_before = out.read_bytes()
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("drawing failed")
+
+    monkeypatch.setattr(pdf_mod, "per_class_page", boom)
+    with pytest.raises(RuntimeError, match="drawing failed"):
+        build_report([results_dir], out)
+    assert out.read_bytes() == pdf_before
+    assert {p.name: p.read_bytes() for p in (tmp_path / "keep_files").iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.pdf", "keep_files"]
+    assert all(p.parent == tmp_path / "keep_files" and p.is_file() for p in first.pngs + first.tables)

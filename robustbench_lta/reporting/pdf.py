@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -144,17 +145,42 @@ def build_report(results_dirs: list[Path], out_pdf: Path, title: str | None = No
 
     Raises :class:`UserError` if a folder is missing or is not a finished sweep (no summary.parquet).
     """
-    from matplotlib.backends.backend_pdf import PdfPages
-
     bundle = load_results([Path(d) for d in results_dirs])
     out_pdf = Path(out_pdf)
     if out_pdf.suffix.lower() != ".pdf":
         raise UserError(f"report output {out_pdf} must end in .pdf")
     out_pdf.parent.mkdir(parents=True, exist_ok=True)
-    files = out_pdf.parent / f"{out_pdf.stem}_files"
-    files.mkdir(parents=True, exist_ok=True)
-    for old in list(files.glob("*.png")) + list(files.glob("*.csv")) + list(files.glob("*.md")):
-        old.unlink()  # no stale figure from an earlier report with other sections
+    final_files = out_pdf.parent / f"{out_pdf.stem}_files"
+    # Everything is written beside the final names first and swapped in at the end, so a report
+    # that fails halfway leaves the previous PDF and its files as they were.
+    files = out_pdf.parent / f".{out_pdf.stem}_files.tmp"
+    shutil.rmtree(files, ignore_errors=True)
+    files.mkdir(parents=True)
+    tmp = out_pdf.with_name(f".{out_pdf.name}.tmp")
+    try:
+        result = _render(bundle, out_pdf, tmp, files, title)
+    except BaseException:
+        shutil.rmtree(files, ignore_errors=True)
+        tmp.unlink(missing_ok=True)
+        raise
+    old = out_pdf.parent / f".{out_pdf.stem}_files.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final_files.exists():
+        final_files.rename(old)  # no stale figure from an earlier report with other sections
+    files.rename(final_files)
+    os.replace(tmp, out_pdf)
+    shutil.rmtree(old, ignore_errors=True)
+    result.pngs = [final_files / p.name for p in result.pngs]
+    result.tables = [final_files / p.name for p in result.tables]
+    return result
+
+
+def _render(
+    bundle: ResultsBundle, out_pdf: Path, tmp: Path, files: Path, title: str | None
+) -> ReportResult:
+    """Write the PDF to ``tmp`` and the PNG/CSV/Markdown files into ``files`` (both swapped in later)."""
+    from matplotlib.backends.backend_pdf import PdfPages
+
     warnings = list(bundle.missing)
     palette = model_palette(bundle.models)
     verdict = compute_verdict(bundle)
@@ -171,7 +197,6 @@ def build_report(results_dirs: list[Path], out_pdf: Path, title: str | None = No
     if len(doc_title) > 75 and not title:
         runs = f" from {len(bundle.folders)} runs" if len(bundle.folders) > 1 else ""
         doc_title = f"Robustness report: {len(bundle.models)} models{runs}"
-    tmp = out_pdf.with_name(f".{out_pdf.name}.tmp")
     with report_style(), PdfPages(tmp) as pdf:
         sink = PageSink(pdf=pdf, png_dir=files)
         info = pdf.infodict()
@@ -247,11 +272,10 @@ def build_report(results_dirs: list[Path], out_pdf: Path, title: str | None = No
             sink.add(per_class_page(pc, _title(5)), "per_class_robust_accuracy")
         result.pages = sink.pages
         result.pngs = list(sink.pngs)
-    os.replace(tmp, out_pdf)
     (files / "verdict.json").write_text(
         json.dumps({k: v for k, v in verdict.items()}, indent=1, default=_json_default)
     )
-    result.warnings = warnings
+    result.warnings = warnings + result.warnings  # the attention section adds its own
     return result
 
 
