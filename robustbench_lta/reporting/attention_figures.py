@@ -215,24 +215,43 @@ def drift_table(att: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _drift_attacks(tab: pd.DataFrame) -> list[str]:
-    order = sorted(set(tab["attack"]), key=lambda a: (0 if "pgd" in a else 1 if "fgsm" in a else 2, a))
-    return order[:3]
+def _drift_attacks(tab: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """(shown, left out): at most three panels, PGD and FGSM first, then the attacks with most eps."""
+    n_eps = tab.groupby("attack")["eps"].nunique()
+    order = sorted(
+        n_eps.index,
+        key=lambda a: (0 if "pgd" in a else 1 if "fgsm" in a else 2, -int(n_eps[a]), a),
+    )
+    return order[:3], order[3:]
 
 
 def drift_page(tab: pd.DataFrame, palette: dict[str, Any], title: str) -> Figure:
     """JS divergence vs eps (top row) and box mass clean vs adversarial vs eps (bottom row, if boxes)."""
-    attacks = _drift_attacks(tab)
+    attacks, left_out = _drift_attacks(tab)
     has_box = bool(np.isfinite(tab["box_adv_mean"].to_numpy(float)).any())
+    note = (
+        "Bottom: share of attention mass inside the object box, adversarial (solid) vs clean (dotted, "
+        "same samples)."
+        if has_box
+        else "The dataset has no object boxes, so there is no box-mass row."
+    )
+    if left_out:
+        note += f" Not drawn: {', '.join(left_out)} (all attacks are in attention_drift.csv)."
     fig = new_page(
         title,
         "Attention drift vs eps: mean over the samples the attack ran on, 95% t-interval; line style "
-        "and marker = attention level (L0 = earliest). Bottom: share of attention mass inside the object "
-        "box, adversarial (solid) vs clean (dotted, same samples).",
+        "and marker = attention level (L0 = earliest). " + note,
     )
     nrows = 2 if has_box else 1
     gs = fig.add_gridspec(
-        nrows, len(attacks), left=0.07, right=0.80, top=0.83, bottom=0.08, hspace=0.42, wspace=0.38
+        nrows,
+        len(attacks),
+        left=0.07,
+        right=0.80,
+        top=0.80,
+        bottom=0.08 if has_box else 0.38,
+        hspace=0.42,
+        wspace=0.38,
     )
     for c, attack in enumerate(attacks):
         d = tab[tab["attack"] == attack]
