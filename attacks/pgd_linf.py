@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from robustbench_lta.plugins import Attack, AttackKind, ThreatModel, register_attack
+from robustbench_lta.plugins import (
+    Attack,
+    AttackKind,
+    ThreatModel,
+    projected_gradient_ascent,
+    register_attack,
+)
 
 
 @register_attack
@@ -43,55 +48,23 @@ class PGDLinf(Attack):
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         eps = float(eps)
-        steps, restarts = int(self.params["steps"]), max(1, int(self.params["restarts"]))
         if eps <= 0:
             return x.detach().clone()
+        steps = int(self.params["steps"])
         alpha = float(self.params["alpha"]) if self.params["alpha"] is not None else 2.5 * eps / max(steps, 1)
         gen = self.generator(x.device)
         x = x.detach()
-        best = x.clone()
-        best_loss = torch.full((x.shape[0],), -float("inf"), device=x.device)
-        best_hit = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
 
-        def keep(idx: torch.Tensor, x_adv: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-            """Record the best iterate per sample; return which of ``idx`` are fooled now."""
-            loss = F.cross_entropy(logits, y[idx], reduction="none").detach()
-            hit = logits.argmax(dim=1) != y[idx]
-            take = ~best_hit[idx] & (hit | (loss > best_loss[idx]))
-            best[idx[take]] = x_adv[take].detach()
-            best_loss[idx[take]] = loss[take]
-            best_hit[idx[hit]] = True
-            return hit
-
-        for _ in range(restarts):
-            # the start is drawn for the whole batch, so a sample's noise does not depend on
-            # which other samples are still being attacked
+        def draw_start():
             noise = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-            idx = torch.nonzero(~best_hit).squeeze(1)
-            if idx.numel() == 0:
-                break
-            x0 = x[idx]
-            if self.params["random_start"]:
-                x_adv = (x0 + (2 * noise[idx] - 1) * eps).clamp(0.0, 1.0)
-            else:
-                x_adv = x0.clone()
-            for _ in range(steps):
-                x_in = x_adv.clone().requires_grad_(True)
-                with torch.enable_grad():
-                    logits = model(x_in)
-                    loss = F.cross_entropy(logits, y[idx], reduction="sum")
-                    (grad,) = torch.autograd.grad(loss, x_in)
-                # a fooled sample keeps its first fooling iterate: stop spending gradients on it
-                alive = ~keep(idx, x_adv, logits.detach())
-                if not bool(alive.any()):
-                    idx = idx[:0]
-                    break
-                idx, x0, x_adv, grad = idx[alive], x0[alive], x_adv[alive], grad[alive]
-                x_adv = x_adv + alpha * grad.sign()
-                x_adv = torch.max(torch.min(x_adv, x0 + eps), x0 - eps).clamp(0.0, 1.0).detach()
-            if idx.numel():
-                with torch.no_grad():
-                    keep(idx, x_adv, model(x_adv))
-            if bool(best_hit.all()):
-                break
-        return best
+            if not self.params["random_start"]:
+                return lambda idx: x[idx].clone()
+            return lambda idx: (x[idx] + (2 * noise[idx] - 1) * eps).clamp(0.0, 1.0)
+
+        def step(x_adv: torch.Tensor, x0: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+            x_adv = x_adv + alpha * grad.sign()
+            return torch.max(torch.min(x_adv, x0 + eps), x0 - eps).clamp(0.0, 1.0)
+
+        return projected_gradient_ascent(
+            model, x, y, steps=steps, restarts=int(self.params["restarts"]), draw_start=draw_start, step=step
+        )

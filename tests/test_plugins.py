@@ -318,3 +318,22 @@ def test_readme_example_works(tmp_path: Path) -> None:
     x_adv = attack(model, x, y, 8 / 255)
     assert verify_batch(x, x_adv, 8 / 255, attack.threat_model, attack.bounded).ok
     assert (x_adv != x).any()
+
+
+def test_best_iterate_keeps_first_fooling_else_highest_loss() -> None:
+    from robustbench_lta.plugins import BestIterate
+
+    x = torch.zeros(2, 1, 1, 1)
+    y = torch.tensor([0, 0])
+    t = BestIterate(x, y)
+    idx = torch.tensor([0, 1])
+    # step 1: sample 0 fooled (argmax 1), sample 1 not (loss moderate)
+    hit = t.update(idx, torch.full((2, 1, 1, 1), 1.0), torch.tensor([[0.0, 2.0], [1.0, 0.0]]))
+    assert hit.tolist() == [True, False]
+    # step 2: sample 0 fooled again with a higher loss: the FIRST fooling iterate stays;
+    # sample 1 not fooled but with a higher loss: this iterate replaces the first
+    t.update(idx, torch.full((2, 1, 1, 1), 2.0), torch.tensor([[0.0, 5.0], [0.5, 0.0]]))
+    # step 3: sample 1 with a lower loss: ignored
+    t.update(idx[1:], torch.full((1, 1, 1, 1), 3.0), torch.tensor([[3.0, 0.0]]))
+    assert t.best.flatten().tolist() == [1.0, 2.0]
+    assert t.fooled.tolist() == [True, False]

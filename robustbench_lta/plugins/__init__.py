@@ -8,6 +8,7 @@ Everything a plugin author needs is importable from here::
 from __future__ import annotations
 
 from .base import Attack, AttackKind, ThreatModel
+from .iterative import BestIterate, projected_gradient_ascent
 from .registry import AttackInfo, discover, get_attack, get_attack_class, list_attacks, register_attack
 from .verify import Verification, perturbation_norms, verify_batch
 
@@ -15,6 +16,7 @@ __all__ = [
     "Attack",
     "AttackInfo",
     "AttackKind",
+    "BestIterate",
     "ThreatModel",
     "Verification",
     "discover",
@@ -22,6 +24,7 @@ __all__ = [
     "get_attack_class",
     "list_attacks",
     "perturbation_norms",
+    "projected_gradient_ascent",
     "register_attack",
     "verify_batch",
 ]
