@@ -290,8 +290,10 @@ def worst_case_acc(clean: np.ndarray, preds: np.ndarray, y: np.ndarray) -> np.nd
     return np.array(out)
 
 
-def throughput(name: str, width: float, bs: int, repeats: int) -> dict[str, float]:
+def throughput(name: str, width: float, bs: int, repeats: int, channels_last: bool) -> dict[str, float]:
     model = freeze(create_model(name, num_classes=10, width=width))
+    if channels_last:  # as the engine runs it by default
+        model = model.to(memory_format=torch.channels_last)
     x = torch.rand(bs, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     y = torch.zeros(bs, dtype=torch.long)
 
@@ -557,21 +559,30 @@ def main(argv: list[str] | None = None) -> int:
         if "throughput" not in skip:
             rows4 = []
             for name in (BASE_MODEL, ATT_MODEL):
-                tp = throughput(name, args.width, bs, max(args.repeats, 2))
-                rows4.append(
-                    [
-                        name,
-                        f"{args.width:g}",
-                        str(bs),
-                        f"{tp['forward']:.0f}",
-                        f"{tp['forward+backward']:.0f}",
-                    ]
-                )
+                for cl in (False, True):
+                    tp = throughput(name, args.width, bs, max(args.repeats, 2), cl)
+                    rows4.append(
+                        [
+                            name,
+                            f"{args.width:g}",
+                            str(bs),
+                            "NHWC (channels_last)" if cl else "NCHW",
+                            f"{tp['forward']:.0f}",
+                            f"{tp['forward+backward']:.0f}",
+                        ]
+                    )
             print(f"\n== 4. throughput (CPU, images/s, best of {max(args.repeats, 2)})")
             print(
                 table(
                     rows4,
-                    ["model", "width", "batch", "forward (inference_mode)", "forward+backward (input grad)"],
+                    [
+                        "model",
+                        "width",
+                        "batch",
+                        "weights",
+                        "forward (inference_mode)",
+                        "forward+backward (input grad)",
+                    ],
                 )
             )
 

@@ -302,3 +302,17 @@ def test_report_from_the_real_sweep(small_sweep, tmp_path):
     assert any(n.startswith("robustness_curves") for n in names)
     for p in pngs:
         assert np.asarray(Image.open(p).convert("L"), dtype=float).std() > 5, f"{p.name} looks blank"
+
+
+def test_channels_last_gives_the_same_results(trained_checkpoints, tmp_path):
+    """NHWC weights (the default, faster on CPU) change only float rounding, not the answers."""
+    kw = dict(n=64, batch_size=32, progress=False, sanity_samples=0, attention_samples=0)
+    runs = {
+        cl: run_sweep(_models(trained_checkpoints), ["fgsm", {"name": "pgd-linf", "params": {"steps": 3}}],
+                      EPS, out=tmp_path / str(cl), channels_last=cl, **kw)
+        for cl in (False, True)
+    }
+    cols = ["model", "attack", "eps", "clean_acc", "robust_acc", "status"]
+    pd.testing.assert_frame_equal(runs[False][cols], runs[True][cols])
+    with pytest.raises(UserError, match="executor ray"):
+        run_sweep(_models(trained_checkpoints), ["fgsm"], EPS, out=tmp_path / "r", executor="ray", **kw)

@@ -277,10 +277,10 @@ class SweepRunner:
         model = lm.module.to(self.device).eval()
         for p in model.parameters():  # attacks need input gradients only: skip weight gradients
             p.requires_grad_(False)
-        if self.device.type == "cuda":
+        if self.cfg.channels_last:  # NHWC convolutions are faster on CPU (oneDNN) and CUDA alike
             model = model.to(memory_format=torch.channels_last)
-            if self.cfg.compile:
-                model = torch.compile(model)
+        if self.device.type == "cuda" and self.cfg.compile:
+            model = torch.compile(model)
         fwd = _Forward(model, self.device, self.cfg.amp)
         x = self.data.x.to(self.device)
         y = self.data.y.to(self.device)
@@ -688,19 +688,26 @@ def run_sweep(models: Mapping[str, str | nn.Module] | Sequence[str], attacks: Se
               batch_size: int = 256, device: str | None = None, seed: int = 0,
               accounting: str = "worst-case", out: str | Path | None = None,
               plugins: Sequence[str | Path] = (), attention_samples: int = 8, sanity_samples: int = 64,
-              progress: bool = True) -> pd.DataFrame:
+              progress: bool = True, **options: Any) -> pd.DataFrame:
     """Run models x attacks x eps and return the summary table (one row per model x attack x eps).
 
     Args:
         models: name -> checkpoint path, registry name or any nn.Module mapping [0,1] images to
-            logits (a list of paths/names is also accepted; labels are then derived).
+            logits (a list of paths/names is also accepted; labels are then derived). A module is
+            used in place: put in eval mode, moved to the device and, unless
+            ``channels_last=False``, to NHWC weights, with its parameters' ``requires_grad`` off.
         attacks: attack names (``"fgsm"``, ``"ta:PGD"``...), dicts like
             ``{"name": "pgd-linf", "params": {"steps": 20}, "label": "pgd20"}``, or Attack instances.
         eps: budgets on the [0,1] scale (e.g. ``[0, 2/255, 8/255]``).
         data: a Dataset, a DataLoader, an ``(x, y)`` pair of tensors, or a dataset registry name;
             default: the dataset in the first checkpoint's card.
         out: results folder (default: a new temporary folder, in ``summary.attrs["out_dir"]``).
+        options: other :class:`~robustbench_lta.config.SweepConfig` fields: ``amp="bf16"``,
+            ``compile=True``, ``channels_last=False``. This function always runs in-process; for Ray
+            use ``robustbench-lta sweep --executor ray``.
     """
+    if options.get("executor", "local") != "local":
+        raise UserError("run_sweep runs in-process: for Ray use `robustbench-lta sweep --executor ray`")
     if not isinstance(models, Mapping):
         models = {str(Path(m).stem) if isinstance(m, str) else type(m).__name__: m for m in models}
     specs, instances = [], {}
@@ -721,7 +728,7 @@ def run_sweep(models: Mapping[str, str | nn.Module] | Sequence[str], attacks: Se
         "attacks": specs, "eps": [float(e) for e in eps], "eps_scale": 1.0, "n": n, "data": data_spec,
         "batch_size": batch_size, "device": device or "auto", "seed": seed, "accounting": accounting,
         "plugins": [str(p) for p in plugins], "attention_samples": attention_samples,
-        "sanity_samples": sanity_samples, "out": str(out) if out else None,
+        "sanity_samples": sanity_samples, "out": str(out) if out else None, **options,
     }
     cfg = validate(SweepConfig, raw, "run_sweep arguments")
     for spec_obj in cfg.attacks:  # instances keep their own parameters
