@@ -25,7 +25,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -123,6 +123,48 @@ def register_model(
     if fn is not None:
         return decorate(fn)
     return decorate
+
+
+def register_attention_variants(
+    model_class: Callable[..., nn.Module],
+    *,
+    prefix: str,
+    family: str,
+    variants: Iterable[tuple[int, str, str]],
+    title: str,
+    module: str,
+) -> None:
+    """Register ``{prefix}_att{levels}_{head}_{compatibility}`` for each ``(levels, head, compatibility)``.
+
+    ``model_class(num_classes=, width=, attention_levels=, compatibility=, head=, **kw)`` builds the
+    model; ``title`` starts each builder's docstring and ``module`` (the caller's ``__name__``) is
+    the builder's origin for re-registration.
+    """
+
+    def builder(levels: int, head: str, compatibility: str) -> Builder:
+        def build(num_classes: int = 10, width: float = 1.0, **kw: Any) -> nn.Module:
+            return model_class(
+                num_classes=num_classes,
+                width=width,
+                attention_levels=levels,
+                compatibility=compatibility,
+                head=head,
+                **kw,
+            )
+
+        return build
+
+    for levels, head, compatibility in variants:
+        name = f"{prefix}_att{levels}_{head}_{compatibility}"
+        build = builder(levels, head, compatibility)
+        build.__name__ = build.__qualname__ = name
+        build.__module__ = module
+        build.__doc__ = (
+            f"{title} with LTPA attention: {levels} level(s), {compatibility} compatibility, {head} head."
+        )
+        register_model(
+            build, name=name, family=family, attention_levels=levels, compatibility=compatibility, head=head
+        )
 
 
 def list_models(pattern: str = "*") -> list[str]:

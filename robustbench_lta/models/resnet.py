@@ -30,6 +30,7 @@ VGG recipe to ResNets:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +38,7 @@ from torch import nn
 
 from .attention import AttentionBlock, LocalAttention, ProjectorBlock
 from .base import CIFAR10_MEAN, CIFAR10_STD, ImageClassifier, check_width, scale_channels
-from .registry import register_model
+from .registry import register_attention_variants, register_model
 
 
 def _conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
@@ -221,35 +222,15 @@ def resnet164(num_classes: int = 10, width: float = 1.0, **kw) -> CifarResNet:
     return CifarResNet(164, num_classes=num_classes, width=width, **kw)
 
 
-def _attn_builder(depth: int, levels: int, compatibility: str, head: str):
-    def build(num_classes: int = 10, width: float = 1.0, **kw) -> CifarResNet:
-        return CifarResNet(
-            depth,
-            num_classes=num_classes,
-            width=width,
-            attention_levels=levels,
-            compatibility=compatibility,
-            head=head,
-            **kw,
-        )
-
-    name = f"resnet{depth}_att{levels}_{head}_{compatibility}"
-    build.__name__ = build.__qualname__ = name
-    build.__doc__ = (
-        f"ResNet-{depth} with LTPA attention: {levels} levels, {compatibility} compatibility, {head} head."
-    )
-    return name, build
-
-
-for _depth, _levels, _head, _compat in (
-    (18, 2, "concat", "pc"),
-    (18, 2, "concat", "dp"),
-    (18, 2, "indep", "pc"),
-    (164, 2, "concat", "pc"),
-    (164, 2, "concat", "dp"),
-    (164, 3, "concat", "pc"),
+for _depth, _variants in (
+    (18, [(2, "concat", "pc"), (2, "concat", "dp"), (2, "indep", "pc")]),
+    (164, [(2, "concat", "pc"), (2, "concat", "dp"), (3, "concat", "pc")]),
 ):
-    _name, _fn = _attn_builder(_depth, _levels, _compat, _head)
-    register_model(
-        _fn, name=_name, family="resnet", attention_levels=_levels, compatibility=_compat, head=_head
+    register_attention_variants(
+        partial(CifarResNet, _depth),
+        prefix=f"resnet{_depth}",
+        family="resnet",
+        variants=_variants,
+        title=f"ResNet-{_depth}",
+        module=__name__,
     )

@@ -27,7 +27,7 @@ from torch import nn
 
 from .attention import LocalAttention
 from .base import CIFAR10_MEAN, CIFAR10_STD, ImageClassifier, check_width, scale_channels
-from .registry import register_model
+from .registry import register_attention_variants, register_model
 from .vgg import _init_weights, conv_bn_relu
 
 
@@ -86,17 +86,11 @@ def smallcnn(num_classes: int = 10, width: float = 1.0, **kw) -> SmallCNN:
     return SmallCNN(num_classes=num_classes, width=width, **kw)
 
 
-@register_model(family="smallcnn", attention_levels=2, compatibility="pc", head="concat")
-def smallcnn_att2_concat_pc(num_classes: int = 10, width: float = 1.0, **kw) -> SmallCNN:
-    """SmallCNN with LTPA attention: 2 levels, pc compatibility, concat head."""
-    return SmallCNN(
-        num_classes=num_classes, width=width, attention_levels=2, compatibility="pc", head="concat", **kw
-    )
-
-
-@register_model(family="smallcnn", attention_levels=2, compatibility="dp", head="concat")
-def smallcnn_att2_concat_dp(num_classes: int = 10, width: float = 1.0, **kw) -> SmallCNN:
-    """SmallCNN with LTPA attention: 2 levels, dp compatibility, concat head."""
-    return SmallCNN(
-        num_classes=num_classes, width=width, attention_levels=2, compatibility="dp", head="concat", **kw
-    )
+register_attention_variants(
+    SmallCNN,
+    prefix="smallcnn",
+    family="smallcnn",
+    variants=[(2, "concat", "pc"), (2, "concat", "dp")],
+    title="SmallCNN",
+    module=__name__,
+)

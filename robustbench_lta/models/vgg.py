@@ -36,7 +36,7 @@ from torch import nn
 
 from .attention import COMPATIBILITIES, HEADS, AttentionBlock, LocalAttention, ProjectorBlock
 from .base import CIFAR10_MEAN, CIFAR10_STD, ImageClassifier, check_width, scale_channels
-from .registry import register_model
+from .registry import register_attention_variants, register_model
 
 
 def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -185,27 +185,11 @@ def vgg16(num_classes: int = 10, width: float = 1.0, **kw) -> VGG16:
     return VGG16(num_classes=num_classes, width=width, **kw)
 
 
-def _attn_builder(levels: int, compatibility: str, head: str):
-    def build(num_classes: int = 10, width: float = 1.0, **kw) -> AttnVGG16:
-        return AttnVGG16(
-            num_classes=num_classes,
-            width=width,
-            attention_levels=levels,
-            compatibility=compatibility,
-            head=head,
-            **kw,
-        )
-
-    name = f"vgg16_att{levels}_{head}_{compatibility}"
-    build.__name__ = build.__qualname__ = name
-    build.__doc__ = f"LTPA attention VGG-16: {levels} level(s), {compatibility} compatibility, {head} head."
-    return name, build
-
-
-for _levels in (1, 2, 3):
-    for _head in HEADS:
-        for _compat in COMPATIBILITIES:
-            _name, _fn = _attn_builder(_levels, _compat, _head)
-            register_model(
-                _fn, name=_name, family="vgg", attention_levels=_levels, compatibility=_compat, head=_head
-            )
+register_attention_variants(
+    AttnVGG16,
+    prefix="vgg16",
+    family="vgg",
+    variants=[(lv, hd, cp) for lv in (1, 2, 3) for hd in HEADS for cp in COMPATIBILITIES],
+    title="VGG-16",
+    module=__name__,
+)
