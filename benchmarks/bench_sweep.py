@@ -45,7 +45,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -280,14 +280,16 @@ def ta_pgd(
     return clean, preds
 
 
-def worst_case_acc(clean: np.ndarray, preds: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Robust accuracy per eps: correct clean and not broken at any eps' <= eps."""
-    robust = clean == y
-    out = []
-    for k in range(len(preds)):
-        robust = robust & (preds[k] == y)
-        out.append(float(robust.mean()))
-    return np.array(out)
+def worst_case_acc(clean: np.ndarray, preds: np.ndarray, y: np.ndarray, eps: Sequence[float]) -> np.ndarray:
+    """Robust accuracy per eps by the results schema's worst-case rule (the one definition)."""
+    from robustbench_lta.results import EPS_TOL, broken_at_eps
+
+    rows = pd.DataFrame({
+        "index": np.tile(np.arange(len(y)), len(eps)), "label": np.tile(y, len(eps)),
+        "clean_pred": np.tile(clean, len(eps)), "eps": np.repeat(np.asarray(eps, dtype=float), len(y)),
+        "norm": 0.0, "broken": (preds != y[None, :]).reshape(-1)})
+    _, label, clean_pred, at = broken_at_eps(rows)
+    return np.array([float(((clean_pred == label) & (at > e + EPS_TOL)).mean()) for e in eps])
 
 
 def throughput(name: str, width: float, bs: int, repeats: int, channels_last: bool) -> dict[str, float]:
@@ -506,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             rows = summary[summary["attack"] == "pgd-linf"].sort_values("eps")
             e_acc = rows["robust_acc"].to_numpy()
-            t_acc = worst_case_acc(clean_p, ta_preds, ypn)
+            t_acc = worst_case_acc(clean_p, ta_preds, ypn, PGD_EPS)
             ratio = min(t_t) / min(t_e)
             print(
                 f"\n== 2. PGD-linf ({PGD_STEPS} steps, step 2.5*eps/{PGD_STEPS}, random start) over "

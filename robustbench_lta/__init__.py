@@ -31,7 +31,7 @@ _EXPORTS = {
     "register_attack": ".plugins.registry",
     "list_attacks": ".plugins.registry",
     "get_attack": ".plugins.registry",
-    "run_sweep": ".engine.sweep",
+    "run_sweep": ".engine.api",
     "build_report": ".reporting.pdf",
 }
 

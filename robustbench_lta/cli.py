@@ -154,6 +154,14 @@ def _parse_attack_flag(text: str) -> dict[str, Any]:
 @click.option("--seed", type=int, default=None)
 @click.option("--accounting", type=click.Choice(["worst-case", "per-attack"]), default=None)
 @click.option("--executor", type=click.Choice(["local", "ray"]), default=None)
+@click.option("--shard-size", type=int, default=None, help="Samples per unit of work (default 1024).")
+@click.option("--retry-invalid", is_flag=True, default=None, help="Recompute stored invalid cells too.")
+@click.option("--replace", is_flag=True, default=None,
+              help="Let this sweep replace a finished folder's tables even if it drops models/attacks/eps.")
+@click.option("--ray-address", default=None, help="Ray cluster address (default RAY_ADDRESS or a local Ray).")
+@click.option("--ray-gpus-per-task", type=float, default=None,
+              help="GPUs per Ray task (default 1 when the cluster has GPUs).")
+@click.option("--ray-cpus-per-task", type=float, default=None, help="CPUs per Ray task (default 1).")
 @click.option("--plugins", "plugin_dirs", multiple=True, type=click.Path(file_okay=False),
               help="Extra plugin folder (repeatable).")
 @click.option("--out", default=None, help="Results folder (default results/<config name> or results/sweep).")
@@ -162,6 +170,8 @@ def _parse_attack_flag(text: str) -> dict[str, Any]:
 def sweep_cmd(config: str | None, models: tuple[str, ...], attacks: tuple[str, ...], eps: str | None,
               eps_scale: float | None, data: str | None, n: int | None, batch_size: int | None,
               device: str | None, seed: int | None, accounting: str | None, executor: str | None,
+              shard_size: int | None, retry_invalid: bool | None, replace: bool | None,
+              ray_address: str | None, ray_gpus_per_task: float | None, ray_cpus_per_task: float | None,
               plugin_dirs: tuple[str, ...], out: str | None, overrides: tuple[str, ...], quiet: bool) -> None:
     """Run models x attacks x eps (from a YAML CONFIG and/or flags) into a results folder."""
     from .config import SweepConfig, apply_overrides, read_yaml, validate
@@ -177,7 +187,10 @@ def sweep_cmd(config: str | None, models: tuple[str, ...], attacks: tuple[str, .
     if data is not None:
         raw["data"] = {"name": data}
     for key, value in (("eps_scale", eps_scale), ("n", n), ("batch_size", batch_size), ("device", device),
-                       ("seed", seed), ("accounting", accounting), ("executor", executor)):
+                       ("seed", seed), ("accounting", accounting), ("executor", executor),
+                       ("shard_size", shard_size), ("retry_invalid", retry_invalid), ("replace", replace),
+                       ("ray_address", ray_address), ("ray_gpus_per_task", ray_gpus_per_task),
+                       ("ray_cpus_per_task", ray_cpus_per_task)):
         if value is not None:
             raw[key] = value
     if plugin_dirs:
@@ -245,7 +258,8 @@ def demo_cmd(skip_train: bool, quick: bool) -> None:
         for path in train_cfgs:
             result = train(load_config(TrainConfig, path))
             click.echo(f"{path.name}: best test accuracy {result.best_acc:.2%}")
-    overrides = ["n=200", "attacks=[{name: fgsm}, {name: pgd-linf}]"] if quick else []
+    # the demo owns its results folder: a quick run may replace a full one and vice versa
+    overrides = ["replace=true"] + (["n=200", "attacks=[{name: fgsm}, {name: pgd-linf}]"] if quick else [])
     cfg = load_config(SweepConfig, sweep_path, overrides)
     summary = run_with_executor(cfg, progress=True)
     _print_summary(summary)

@@ -115,6 +115,18 @@ class SweepConfig(_Strict):
         "logits agree with NCHW to float rounding",
     )
     compile: bool = Field(False, description="torch.compile the model forward on CUDA")
+    shard_size: int | None = Field(
+        1024, gt=0, description="samples per unit of work (a cell splits into shards; results do not "
+        "depend on it for deterministic attacks)")
+    retry_invalid: bool = Field(
+        False, description="recompute stored invalid cells (failed ones are always retried)")
+    replace: bool = Field(
+        False, description="allow a sweep that drops models, attacks, eps or data to replace the tables of "
+        "a finished results folder")
+    ray_address: str | None = Field(None, description="Ray cluster address (default: RAY_ADDRESS or local)")
+    ray_gpus_per_task: float | None = Field(
+        None, ge=0, description="GPUs each Ray task asks for (default: 1 when the cluster has GPUs, else 0)")
+    ray_cpus_per_task: float = Field(1, gt=0, description="CPUs each Ray task asks for")
     out: str | None = None
 
     @field_validator("eps")

@@ -6,6 +6,7 @@ every test that needs a real trained model (sweeps, CLI, reports) shares the sam
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,13 @@ def _train(root: Path, name: str) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("ckpt")
+    # developers may point RBLTA_FIXTURE_CACHE at a folder to train these once across sessions
+    # (CI never sets it: every CI run trains them afresh with the code under test)
+    cache = os.environ.get("RBLTA_FIXTURE_CACHE")
+    if cache and all((Path(cache) / n / "best.safetensors").is_file()
+                     for n in ("smallcnn", "smallcnn_att2_concat_pc")):
+        return {n: Path(cache) / n / "best.safetensors" for n in ("smallcnn", "smallcnn_att2_concat_pc")}
+    root = Path(cache) if cache else tmp_path_factory.mktemp("ckpt")
     # SmallCNN: the LTPA mechanism on a network that trains in seconds on 2 CPU cores
     return {name: _train(root, name) for name in ("smallcnn", "smallcnn_att2_concat_pc")}
 

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 import torch
 
-from robustbench_lta.engine import sweep as sweep_mod
-from robustbench_lta.engine.accounting import SAMPLE_COLUMNS, SUMMARY_COLUMNS
+from robustbench_lta.engine.executors.worker import Worker
 from robustbench_lta.engine.sweep import run_sweep
 from robustbench_lta.errors import UserError
+from robustbench_lta.results import SAMPLE_COLUMNS, SUMMARY_COLUMNS
 
 EPS = [0.0, 2 / 255, 8 / 255]
 FAST_ATTACKS = [
@@ -145,30 +145,31 @@ def test_rerun_reuses_every_cell_and_gives_identical_tables(small_sweep, trained
     for name, df in before.items():
         pd.testing.assert_frame_equal(pd.read_parquet(out / f"{name}.parquet"), df)
     counts = json.loads((out / "manifest.json").read_text())["counts"]
-    assert counts["cells_run"] == 0 and counts["cells_reused"] > 0
+    assert counts["units_run"] == 0 and counts["units_reused"] > 0
 
 
 def test_interrupted_sweep_resumes_to_the_same_tables(trained_checkpoints, tmp_path, monkeypatch):
     models = {"smallcnn": str(trained_checkpoints["smallcnn"])}
     attacks = ["fgsm", {"name": "pgd-linf", "params": {"steps": 3}}]
     kw = dict(n=48, batch_size=48, progress=False, sanity_samples=16, attention_samples=0)
-    reference = run_sweep(models, attacks, EPS, out=tmp_path / "ref", **kw)
+    reference = run_sweep(models, attacks, EPS, out=tmp_path / "ref", shard_size=24, **kw)
 
-    real = sweep_mod.SweepRunner._run_cell
+    real = Worker.run_unit
     calls = {"n": 0}
 
     def dying(self, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 3:
-            raise KeyboardInterrupt  # as if killed after two finished cells
+            raise KeyboardInterrupt  # as if killed after two finished units
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(sweep_mod.SweepRunner, "_run_cell", dying)
+    monkeypatch.setattr(Worker, "run_unit", dying)
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(models, attacks, EPS, out=tmp_path / "cut", **kw)
-    assert len(list((tmp_path / "cut" / "cells").glob("*.json"))) == 2
-    monkeypatch.setattr(sweep_mod.SweepRunner, "_run_cell", real)
-    resumed = run_sweep(models, attacks, EPS, out=tmp_path / "cut", **kw)
+        run_sweep(models, attacks, EPS, out=tmp_path / "cut", shard_size=24, **kw)
+    assert len(list((tmp_path / "cut" / "units").glob("*/*.json"))) == 2
+    assert json.loads((tmp_path / "cut" / "manifest.json").read_text())["status"] == "running"
+    monkeypatch.setattr(Worker, "run_unit", real)
+    resumed = run_sweep(models, attacks, EPS, out=tmp_path / "cut", shard_size=24, **kw)
     drop = ["seconds"]  # wall-clock time is the only thing allowed to differ
     pd.testing.assert_frame_equal(resumed.drop(columns=drop), reference.drop(columns=drop))
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "cut" / "samples.parquet"),

@@ -1,6 +1,15 @@
-"""The Ray executor writes the same cells and tables as the local one."""
+"""The Ray executor: units sharded over tasks give the local executor's tables, and survive kill -9
+of a worker or of the driver (the manifest never says finished while interrupted)."""
 
 from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -8,21 +17,132 @@ import pytest
 from robustbench_lta.config import SweepConfig, validate
 from robustbench_lta.engine.executors import run_with_executor
 
+pytestmark = pytest.mark.slow
 
-def _cfg(ckpts, out, executor: str) -> SweepConfig:
+SUICIDE = '''
+import os, signal
+from pathlib import Path
+from robustbench_lta.plugins import Attack, ThreatModel, register_attack
+
+
+@register_attack
+class KillsItsWorkerOnce(Attack):
+    """The first call anywhere kills its own process (kill -9 of a worker mid-sweep), later calls
+    are a no-op attack."""
+    name = "test-kill-worker-once"
+    threat_model = ThreatModel.LINF
+
+    def perturb(self, model, x, y, eps):
+        marker = Path(os.environ["KILL_MARKER"])
+        if not marker.exists():
+            marker.write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return x.clone()
+'''
+
+
+def _cfg(ckpts, out, executor: str, attacks=None, plugins=()) -> SweepConfig:
     return validate(SweepConfig, {
         "models": [{"name": name, "source": str(path)} for name, path in ckpts.items()],
-        "attacks": [{"name": "fgsm"}, {"name": "pgd-linf", "params": {"steps": 3}}],
-        "eps": [0, 2, 8], "n": 48, "batch_size": 48, "sanity_samples": 16, "attention_samples": 2,
-        "executor": executor, "out": str(out),
+        "attacks": attacks or [{"name": "fgsm"}, {"name": "pgd-linf", "params": {"steps": 3}}],
+        "eps": [0, 2, 8], "n": 48, "batch_size": 16, "sanity_samples": 8, "attention_samples": 2,
+        "shard_size": 12, "executor": executor, "out": str(out), "plugins": list(plugins),
+        "ray_cpus_per_task": 1,
     })
 
 
-def test_ray_executor_matches_local(trained_checkpoints, tmp_path):
-    pytest.importorskip("ray")
+def _same(a: Path, b: Path) -> None:
+    for name in ("summary", "samples", "sanity", "attention"):
+        x, y = pd.read_parquet(a / f"{name}.parquet"), pd.read_parquet(b / f"{name}.parquet")
+        drop = [c for c in ("seconds",) if c in x.columns]
+        pd.testing.assert_frame_equal(x.drop(columns=drop), y.drop(columns=drop), obj=name)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_executor_matches_local_with_four_units_per_cell(trained_checkpoints, tmp_path, ray_local):
     local = run_with_executor(_cfg(trained_checkpoints, tmp_path / "local", "local"), progress=False)
     on_ray = run_with_executor(_cfg(trained_checkpoints, tmp_path / "ray", "ray"), progress=False)
-    drop = ["seconds"]
-    pd.testing.assert_frame_equal(on_ray.drop(columns=drop), local.drop(columns=drop))
-    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "ray" / "samples.parquet"),
-                                  pd.read_parquet(tmp_path / "local" / "samples.parquet"))
+    pd.testing.assert_frame_equal(on_ray.drop(columns=["seconds"]), local.drop(columns=["seconds"]))
+    _same(tmp_path / "ray", tmp_path / "local")
+    manifest = json.loads((tmp_path / "ray" / "manifest.json").read_text())
+    assert manifest["status"] == "finished"
+    assert manifest["counts"]["units_run"] == 2 * 2 * 4  # 2 models x 2 attacks x 4 shards
+    cell_dirs = list((tmp_path / "ray" / "units").glob("*__*"))
+    assert all(len(list(d.glob("*.json"))) == 4 for d in cell_dirs)
+
+
+def test_kill_9_of_a_worker_is_retried_to_the_same_tables(trained_checkpoints, tmp_path, ray_local,
+                                                           monkeypatch):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "suicide.py").write_text(SUICIDE)
+    monkeypatch.setenv("KILL_MARKER", str(tmp_path / "killed"))
+    attacks = [{"name": "fgsm"}, {"name": "test-kill-worker-once"}]
+    run_with_executor(_cfg(trained_checkpoints, tmp_path / "local", "local", attacks, [plugins]),
+                      progress=False)
+    (tmp_path / "killed").unlink()
+    run_with_executor(_cfg(trained_checkpoints, tmp_path / "ray", "ray", attacks, [plugins]), progress=False)
+    assert (tmp_path / "killed").is_file()  # a worker really died mid-sweep
+    _same(tmp_path / "ray", tmp_path / "local")
+
+
+SLOW_DRIVER = '''
+import sys, time
+from robustbench_lta.engine.executors.worker import Worker
+
+real = Worker.run_unit
+
+
+def slow(self, *a, **k):
+    time.sleep(0.5)
+    return real(self, *a, **k)
+
+
+Worker.run_unit = slow
+from robustbench_lta.cli import main
+main(sys.argv[1:])
+'''
+
+
+def test_kill_9_of_the_driver_then_rerun(trained_checkpoints, tmp_path, ray_local):
+    """The driver (this CLI process) is killed mid-sweep; the manifest is never 'finished' meanwhile,
+    and a re-run resumes to the tables of an uninterrupted run."""
+    cfg = _cfg(trained_checkpoints, tmp_path / "cut", "ray")
+    path = tmp_path / "sweep.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    script = tmp_path / "slow_driver.py"
+    script.write_text(SLOW_DRIVER)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.Popen([sys.executable, str(script), "sweep", str(path), "--quiet"], env=env,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    units = tmp_path / "cut" / "units"
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(units.glob("*/*.json"))) < 3:
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the local Ray it started goes with it
+    except ProcessLookupError:
+        pass
+    manifest = json.loads((tmp_path / "cut" / "manifest.json").read_text())
+    assert manifest["status"] == "running" and not (tmp_path / "cut" / "summary.parquet").exists()
+    done_before = len(list(units.glob("*/*.json")))
+    assert 3 <= done_before < 16
+    from robustbench_lta.cli import main
+
+    main(["sweep", str(path), "--quiet"])  # resumes on Ray (this process's local instance)
+    run_with_executor(_cfg(trained_checkpoints, tmp_path / "ref", "local"), progress=False)
+    _same(tmp_path / "cut", tmp_path / "ref")
+    assert json.loads((tmp_path / "cut" / "manifest.json").read_text())["status"] == "finished"

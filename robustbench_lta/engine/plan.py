@@ -1,20 +1,28 @@
-"""The sweep plan: which cells (model x attack x eps-group) to run, in which order, under which key.
+"""The sweep plan: cells (model x attack x eps chain) and the units of work they split into.
 
-A cell is the unit of resumption. Its key hashes everything that decides its result (model source
-and weights hash, dataset and sample selection, attack name, parameters and seed, eps, accounting),
-so a finished cell is reused only by a sweep that would compute exactly the same thing.
+A **cell** is one attack on one model over its eps list, ascending (the chain along which
+worst-case accounting carries broken samples). Its key hashes everything that decides its result
+(model weights sha256 and architecture, data fingerprint, attack name and parameters, eps, seed,
+accounting): content, never a path, so the same weights at another mount point are reused.
+
+A **unit** is a cell restricted to a contiguous shard of sample positions ``[start, stop)``: the
+thing an executor runs. Shards already stored under the cell's key are skipped, whatever shard size
+wrote them, so resuming with another shard size or executor reuses everything that is there.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from ..config import SweepConfig
 from ..plugins.base import Attack, AttackKind, ThreatModel
+from ..plugins.registry import discover, get_attack
 
 
 @dataclass(frozen=True)
@@ -26,7 +34,7 @@ class AttackPlan:
     params: dict[str, Any]
     eps: tuple[float, ...]  # [0,1] scale, ascending; (inf,) for unbounded attacks
     prototype: Attack  # an instance built once: its traits (adapters set them per instance)
-    user_instance: bool = False  # a user-supplied instance (Python API): copied per cell, not rebuilt
+    user_instance: bool = False  # a user-supplied instance (Python API): copied per unit, not rebuilt
 
     @property
     def bounded(self) -> bool:
@@ -48,55 +56,119 @@ class AttackPlan:
     def iterative(self) -> bool:
         return bool(self.prototype.iterative)
 
+    @property
+    def chain(self) -> tuple[float, ...]:
+        """The budgets one cell runs: all of them ascending, or ``(inf,)`` for unbounded attacks."""
+        return self.eps if self.bounded else (float("inf"),)
+
 
 @dataclass(frozen=True)
 class Cell:
     model: str
+    model_sha256: str
     attack: AttackPlan
-    eps: tuple[float, ...]
     key: str
-    order: int = field(default=0, compare=False)
 
     @property
     def id(self) -> str:
         return f"{_slug(self.model)}__{_slug(self.attack.label)}__{self.key[:16]}"
 
 
+@dataclass(frozen=True)
+class Unit:
+    cell: Cell
+    start: int
+    stop: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.start:09d}-{self.stop:09d}"
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:60] or "x"
 
 
-def _canonical(obj: Any) -> str:
+def canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
 
 
-def cell_key(model_fingerprint: dict[str, Any], data_fingerprint: dict[str, Any], attack: AttackPlan,
-             eps: tuple[float, ...], seed: int, accounting: str) -> str:
+def cell_key(model_fingerprint: Mapping[str, Any], data_fingerprint: Mapping[str, Any], attack: AttackPlan,
+             seed: int, accounting: str) -> str:
     payload = {
-        "model": model_fingerprint,
-        "data": data_fingerprint,
-        "attack": {"name": attack.name, "label": attack.label, "params": attack.params},
-        "eps": [repr(float(e)) for e in eps],
+        "model": dict(model_fingerprint),
+        "data": dict(data_fingerprint),
+        "attack": {"name": attack.name, "params": attack.params},
+        "eps": [repr(float(e)) for e in attack.chain],
         "seed": seed,
         "accounting": accounting,
+        "engine": 2,
     }
-    return hashlib.sha256(_canonical(payload).encode()).hexdigest()
+    return hashlib.sha256(canonical(payload).encode()).hexdigest()
 
 
-def eps_groups(attack: AttackPlan) -> list[tuple[float, ...]]:
-    """Unbounded and multi-eps attacks run as one cell; others one cell per eps, ascending."""
-    if not attack.bounded:
-        return [(math.inf,)]
-    if attack.multi_eps:
-        return [attack.eps]
-    return [(e,) for e in attack.eps]
+def plan_cells(models: Sequence[tuple[str, Mapping[str, Any]]], data_fingerprint: Mapping[str, Any],
+               attacks: Sequence[AttackPlan], seed: int, accounting: str) -> list[Cell]:
+    """Every (model, attack) cell, models in order, attacks in config order."""
+    return [Cell(model=label, model_sha256=str(fp.get("sha256", "")), attack=a,
+                 key=cell_key(fp, data_fingerprint, a, seed, accounting))
+            for label, fp in models for a in attacks]
 
 
-def plan_model_cells(model: str, model_fingerprint: dict[str, Any], data_fingerprint: dict[str, Any],
-                     attacks: list[AttackPlan], seed: int, accounting: str) -> list[Cell]:
-    cells: list[Cell] = []
-    for attack in attacks:
-        for group in eps_groups(attack):
-            key = cell_key(model_fingerprint, data_fingerprint, attack, group, seed, accounting)
-            cells.append(Cell(model=model, attack=attack, eps=group, key=key, order=len(cells)))
-    return cells
+def shards(n: int, shard_size: int | None) -> list[tuple[int, int]]:
+    size = n if not shard_size else max(1, shard_size)
+    return [(s, min(n, s + size)) for s in range(0, n, size)]
+
+
+def plan_units(cell: Cell, n: int, shard_size: int | None, stored: Sequence[tuple[int, int]]) -> list[Unit]:
+    """The units still to run for ``cell``: the sample positions no stored unit covers."""
+    covered = [False] * n if n <= 10_000_000 else None
+    if covered is None:  # pragma: no cover - absurd sizes: trust only an exact shard grid
+        done = set(stored)
+        return [Unit(cell, s, e) for s, e in shards(n, shard_size) if (s, e) not in done]
+    for s, e in stored:
+        for i in range(max(0, s), min(n, e)):
+            covered[i] = True
+    units: list[Unit] = []
+    for s, e in shards(n, shard_size):
+        i = s
+        while i < e:
+            if covered[i]:
+                i += 1
+                continue
+            j = i
+            while j < e and not covered[j]:
+                j += 1
+            units.append(Unit(cell, i, j))
+            i = j
+    return units
+
+
+def select_stored(stored: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """A non-overlapping subset of stored shard ranges (greedy by start): each sample counted once."""
+    out: list[tuple[int, int]] = []
+    end = -1
+    for s, e in sorted(stored):
+        if s >= end:
+            out.append((s, e))
+            end = e
+    return out
+
+
+def build_attack_plans(cfg: SweepConfig, instances: Mapping[str, Attack] | None = None) -> list[AttackPlan]:
+    """Load plugins, build every attack once (its parameters are validated now, before any work)."""
+    discover([Path(p) for p in cfg.plugins])
+    plans = []
+    default_eps = tuple(cfg.eps_unit())
+    for spec in cfg.attacks:
+        label = spec.label or spec.name
+        inst = (instances or {}).get(label)
+        proto = inst if inst is not None else get_attack(spec.name, **spec.params)
+        eps = tuple(sorted({e / cfg.eps_scale for e in spec.eps})) if spec.eps is not None else default_eps
+        plans.append(AttackPlan(label=label, name=spec.name, params=dict(spec.params), eps=eps,
+                                prototype=proto, user_instance=inst is not None))
+    return plans

@@ -21,7 +21,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-SANITY_COLUMNS = ["check", "model", "attack", "eps", "status", "value", "message"]
+from ..results import SANITY_COLUMNS  # noqa: F401  (re-exported: the sanity table's columns)
+
 # Per-sample disagreement tolerated before a warning becomes a failure (random starts and finite
 # step counts make a stronger attack miss a sample now and then without any masking).
 _WARN_SHARE = 0.02

@@ -17,11 +17,9 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UserError
+from ..results import BOUNDED_NORMS, EPS_TOL, WORST_CASE, safe_name  # noqa: F401  (one schema)
 
-WORST_CASE = "worst-case"
 NORM_NAMES = {"linf": "L-inf", "l2": "L2", "l0": "L0"}  # how norms are named on pages
-BOUNDED_NORMS = ("linf", "l2", "l0")
-EPS_TOL = 1e-6
 
 
 @dataclass
@@ -88,7 +86,7 @@ def _read_optional(path: Path, missing: list[str], what: str, label: str) -> pd.
 
 
 def _safe_name(model: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "-" for c in model)
+    return safe_name(model)
 
 
 def load_results(dirs: list[Path] | list[str]) -> ResultsBundle:

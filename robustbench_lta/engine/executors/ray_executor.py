@@ -1,48 +1,136 @@
-"""Scale a sweep out on Ray: one task per model, all writing cells into the shared results folder.
+"""Scale a sweep out on Ray: one task per unit (model x attack x shard), results gathered by the driver.
 
-Needs ``pip install 'robustbench-lta[ray]'``. With no cluster address in ``RAY_ADDRESS`` a local
-Ray instance is started. The results folder must be on storage every worker can reach (a shared
-filesystem on a cluster). After the tasks finish, one local pass assembles the tables from the
-stored cells (recomputing nothing), exactly as a resumed local sweep does.
+Needs ``pip install 'robustbench-lta[ray]'``. ``--ray-address`` (or ``RAY_ADDRESS``) joins a cluster;
+without one a local Ray instance is started. Each task asks for ``ray_cpus_per_task`` CPUs and, when
+the cluster has GPUs, ``ray_gpus_per_task`` GPUs (default 1), so Ray pins it to its own device.
+A worker process keeps the model it last loaded (and the samples): consecutive units of one model
+on one worker load it once. Workers write unit files into the results folder, which must be on
+storage every worker can reach; only the driver writes tables and the manifest.
 """
 
 from __future__ import annotations
 
+import hashlib
+import time
 from typing import Any
 
-import pandas as pd
+from tqdm.auto import tqdm
 
 from ...config import SweepConfig
 from ...errors import UserError
+from ..store import ResultStore
+
+_CACHE: dict[str, Any] = {}
 
 
-def _run_one_model(cfg_json: dict[str, Any], model_index: int) -> int:
-    from ..sweep import run_sweep_config
+def _worker_state(cfg_json: dict[str, Any]) -> dict[str, Any]:
+    """This process's view of the sweep: config, attack plans, samples, loaded models (cached)."""
+    from ..plan import build_attack_plans
 
-    cfg = SweepConfig.model_validate(cfg_json)
-    cfg.models = [cfg.models[model_index]]
-    run_sweep_config(cfg, progress=False)
-    return model_index
+    ident = hashlib.sha256(repr(sorted(cfg_json.items())).encode()).hexdigest()
+    if _CACHE.get("ident") != ident:
+        cfg = SweepConfig.model_validate(cfg_json)
+        _CACHE.clear()
+        _CACHE.update(ident=ident, cfg=cfg, attacks={a.label: a for a in build_attack_plans(cfg)},
+                      models={}, worker=None)
+    return _CACHE
 
 
-def run_on_ray(cfg: SweepConfig, progress: bool = True) -> pd.DataFrame:
+def _loaded(state: dict[str, Any], model_index: int) -> Any:
+    from ...utils import resolve_device
+    from ..models import load_sweep_model
+    from ..store import ResultStore
+    from ..sweep import resolve_source
+    from .worker import Worker
+
+    cfg: SweepConfig = state["cfg"]
+    spec = cfg.models[model_index]
+    lm = state["models"].get(model_index)
+    if lm is None:
+        state["models"].clear()  # one model per worker at a time: bounded memory
+        lm = state["models"][model_index] = load_sweep_model(spec, spec.name, cfg.seed)
+    if state["worker"] is None:
+        source = resolve_source(cfg, None, [lm], None)
+        state["worker"] = Worker(source, ResultStore(cfg.out), resolve_device(cfg.device), amp=cfg.amp,
+                                 channels_last=cfg.channels_last, compile_model=cfg.compile)
+    return lm
+
+
+def _run_unit(cfg_json: dict[str, Any], model_index: int, attack_label: str, key: str, start: int,
+              stop: int) -> tuple[str, int, int, dict[str, Any]]:
+    from ..plan import Cell, Unit, cell_key
+    from ..unit import UnitSettings
+
+    state = _worker_state(cfg_json)
+    cfg: SweepConfig = state["cfg"]
+    lm = _loaded(state, model_index)
+    worker = state["worker"]
+    plan = state["attacks"][attack_label]
+    mine = cell_key(lm.fingerprint, worker.source.fingerprint, plan, cfg.seed, cfg.accounting)
+    if mine != key:
+        raise UserError(f"worker sees other data or weights for {lm.label}/{attack_label} than the driver "
+                        "(check that every node has the same checkpoints and data)")
+    cell = Cell(model=lm.label, model_sha256=lm.sha256, attack=plan, key=key)
+    settings = UnitSettings(batch_size=cfg.batch_size, seed=cfg.seed, accounting=cfg.accounting)
+    s, e, meta = worker.run_unit(lm, Unit(cell, start, stop), settings)
+    return cell.id, s, e, meta
+
+
+def _run_model_pass(cfg_json: dict[str, Any], model_index: int, key: str, settings: Any) -> str:
+    state = _worker_state(cfg_json)
+    lm = _loaded(state, model_index)
+    state["worker"].run_model_pass(lm, key, settings)
+    return lm.label
+
+
+def run_units_on_ray(sweep: Any, store: ResultStore, pending: Any, progress: bool = True
+                     ) -> dict[str, list[tuple[int, int, dict[str, Any]]]]:
     try:
         import ray
     except ImportError:
         raise UserError("executor 'ray' needs Ray: pip install 'robustbench-lta[ray]' "
                         "(or use --executor local)") from None
-    from ..sweep import run_sweep_config
-
+    cfg = sweep.cfg
     if cfg.out is None:
         raise UserError("executor 'ray' needs an explicit results folder on shared storage: pass --out DIR")
+    if any(lm.spec is None for lm in sweep.models):
+        raise UserError("executor 'ray' needs models given as checkpoints or registry names, not Python "
+                        "objects: use run_sweep (in-process) for nn.Module instances")
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(ignore_reinit_error=True, log_to_driver=False, include_dashboard=False)
+        ray.init(address=cfg.ray_address, ignore_reinit_error=True, log_to_driver=False,
+                 include_dashboard=False)
     try:
-        task = ray.remote(_run_one_model)
+        gpus = cfg.ray_gpus_per_task
+        if gpus is None:
+            gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+        opts = {"num_cpus": cfg.ray_cpus_per_task, "num_gpus": gpus, "max_retries": 3}
+        unit_task = ray.remote(_run_unit).options(**opts)
+        pass_task = ray.remote(_run_model_pass).options(**opts)
         cfg_json = cfg.model_dump(mode="json")
-        ray.get([task.remote(cfg_json, i) for i in range(len(cfg.models))])
+        index = {lm.label: i for i, lm in enumerate(sweep.models)}
+        refs = {unit_task.remote(cfg_json, index[u.cell.model], u.cell.attack.label, u.cell.key, u.start,
+                                 u.stop): "unit" for u in pending.units}
+        settings = sweep.model_pass_settings
+        refs.update({pass_task.remote(cfg_json, index[label], key, settings): "pass"
+                     for label, key in pending.model_passes.items()})
+        done: dict[str, list[tuple[int, int, dict[str, Any]]]] = {}
+        bar = tqdm(total=len(refs), desc=f"sweep on ray ({gpus:g} GPU/task)", unit="unit",
+                   disable=not progress)
+        t0, left = time.perf_counter(), list(refs)
+        try:
+            while left:
+                ready, left = ray.wait(left, num_returns=1)
+                for ref in ready:
+                    out = ray.get(ref)
+                    if refs[ref] == "unit":
+                        cell_id, s, e, meta = out
+                        done.setdefault(cell_id, []).append((s, e, meta))
+                    bar.update(1)
+                bar.set_postfix_str(f"{bar.n}/{bar.total} units, {time.perf_counter() - t0:.0f} s")
+        finally:
+            bar.close()
+        return done
     finally:
         if started_here:
             ray.shutdown()
-    return run_sweep_config(cfg, progress=progress)

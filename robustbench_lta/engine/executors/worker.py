@@ -1,0 +1,53 @@
+"""What one process needs to run units: a prepared model (cached) and the samples."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ...results import SANITY_COLUMNS
+from ..inputs import SampleSource
+from ..model_pass import ModelPassSettings, run_model_pass
+from ..models import LoadedModel
+from ..plan import Unit
+from ..runtime import PreparedModel, prepare_model
+from ..store import ResultStore
+from ..unit import UnitSettings, run_attack_unit
+
+
+class Worker:
+    """Runs units of one sweep in this process; keeps the last prepared model (loaded once)."""
+
+    def __init__(self, source: SampleSource, store: ResultStore, device: Any, *, amp: str,
+                 channels_last: bool, compile_model: bool) -> None:
+        self.source, self.store, self.device = source, store, device
+        self.amp, self.channels_last, self.compile_model = amp, channels_last, compile_model
+        self._prepared: PreparedModel | None = None
+
+    def prepared(self, lm: LoadedModel) -> PreparedModel:
+        if self._prepared is None or self._prepared.loaded is not lm:
+            _pos, x, _y = next(self.source.batches(np.arange(1), 1, self.device))
+            self._prepared = prepare_model(lm, self.device, amp=self.amp, channels_last=self.channels_last,
+                                           compile_model=self.compile_model, probe_shape=tuple(x.shape))
+        return self._prepared
+
+    def run_unit(self, lm: LoadedModel, unit: Unit, settings: UnitSettings,
+                 on_batch: Any = None) -> tuple[int, int, dict[str, Any]]:
+        from ..sweep import unit_meta
+
+        result = run_attack_unit(self.prepared(lm), self.source, unit, settings, on_batch)
+        meta = unit_meta(unit, result.eps_status)
+        self.store.write_unit(unit.cell.id, unit.id, meta, result.samples, result.attention)
+        return unit.start, unit.stop, meta
+
+    def run_model_pass(self, lm: LoadedModel, key: str, settings: ModelPassSettings) -> None:
+        result = run_model_pass(self.prepared(lm), self.source, settings)
+        if result.figure is not None:
+            result.figure["key"] = np.array(key)
+            self.store.write_attention_arrays(lm.label, result.figure)
+        from ...utils import atomic_write_dataframe
+
+        atomic_write_dataframe(self.store.model_pass_path(lm.label, key),
+                               pd.DataFrame(result.sanity, columns=SANITY_COLUMNS))

@@ -1,0 +1,201 @@
+"""The engine's one door for samples: any input becomes batches of float32 NCHW contiguous images.
+
+A :class:`SampleSource` is an index over the evaluation samples plus a way to produce any subset of
+them as batches on demand. Nothing is materialised as one float tensor: in-memory sources keep
+what they were given (uint8 stays uint8 until the batch), datasets are read per batch through a
+``DataLoader`` (with workers for on-disk data), and only one batch at a time reaches the device.
+Whatever layout a caller hands in (a permuted NHWC view, channels_last, a non-contiguous slice),
+every batch a model or plugin sees is float32, NCHW, contiguous, in [0,1], on the sweep's device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
+
+from ..data.registry import ImageDataset
+from ..errors import UserError
+
+_FINGERPRINT_PROBES = 8  # images hashed from a lazy dataset (first, last and evenly between)
+
+
+def to_engine_layout(x: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+    """float32, NCHW, contiguous (standard strides), on ``device``: what every plugin receives."""
+    if x.dtype == torch.uint8:
+        x = x.to(device=device).float().div_(255.0) if device is not None else x.float().div_(255.0)
+    else:
+        x = x.to(device=device, dtype=torch.float32) if device is not None else x.float()
+    return x.contiguous(memory_format=torch.contiguous_format)
+
+
+def _check_range(x: torch.Tensor, where: str) -> None:
+    if x.ndim != 4:
+        raise UserError(f"{where}: images must be (N,C,H,W), got shape {tuple(x.shape)}")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0 or hi > 1:
+        raise UserError(f"input images must be in [0,1] (found values in [{lo:.3g}, {hi:.3g}] {where}): "
+                        "pass unnormalised images and put the normalisation inside the model")
+
+
+def _hash_tensors(*tensors: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class SampleSource:
+    """The evaluation samples: labels, dataset indices and class names known up front, images on demand.
+
+    ``labels`` may be ``None`` for a lazy dataset without a ``targets`` attribute: units then read
+    each label with its image.
+    """
+
+    name: str
+    n: int
+    classes: list[str]
+    index: np.ndarray                 # dataset index of each sample position
+    fingerprint: dict[str, Any]
+    boxes: np.ndarray | None = None   # (n, 4) float32 object boxes, where the dataset has them
+    labels: np.ndarray | None = None  # (n,) int64
+    _x: torch.Tensor | None = field(default=None, repr=False)        # in-memory images
+    _y: torch.Tensor | None = field(default=None, repr=False)
+    _dataset: Dataset | None = field(default=None, repr=False)       # lazy images
+    num_workers: int = 0
+    collate_fn: Any = None
+
+    @property
+    def in_memory(self) -> bool:
+        return self._x is not None
+
+    def batches(self, positions: np.ndarray, batch_size: int, device: torch.device
+                ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+        """``(positions, x, y)`` batches of the given sample positions, in the given order."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if self._x is not None:
+            for start in range(0, len(positions), batch_size):
+                pos = positions[start:start + batch_size]
+                sel = torch.as_tensor(pos)
+                x = to_engine_layout(self._x[sel], device)
+                yield pos, x, self._y[sel].to(device)
+            return
+        loader = DataLoader(Subset(self._dataset, self.index[positions].tolist()), batch_size=batch_size,
+                            shuffle=False, num_workers=self.num_workers, collate_fn=self.collate_fn,
+                            pin_memory=device.type == "cuda")
+        start = 0
+        for xb, yb in _checked(loader):
+            pos = positions[start:start + len(xb)]
+            start += len(xb)
+            x = to_engine_layout(torch.as_tensor(xb), device)
+            _check_range(x, f"in the batch of samples {int(pos[0])}..{int(pos[-1])}")
+            yield pos, x, torch.as_tensor(yb).long().to(device)
+
+
+def _checked(loader: DataLoader) -> Iterator[Any]:
+    try:
+        yield from loader
+    except RuntimeError as exc:
+        if "stack expects each tensor to be equal size" in str(exc):
+            raise UserError("the dataset's images differ in size: give a resize and crop (e.g. "
+                            "--data imagefolder:PATH with kwargs resize: 256, crop: 224)") from None
+        raise
+
+
+# ---------------------------------------------------------------------------------- construction
+def from_tensors(x: torch.Tensor, y: torch.Tensor, n: int | None, classes: Sequence[str] | None,
+                 name: str = "tensors") -> SampleSource:
+    """An ``(x, y)`` pair in any layout (a permuted NHWC view is fine); uint8 images are /255."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 4:
+        raise UserError(f"images must be a (N,C,H,W) tensor, got {getattr(x, 'shape', type(x).__name__)}")
+    y = torch.as_tensor(y)
+    if y.ndim != 1 or len(y) != len(x):
+        raise UserError(f"images must be (N,C,H,W) with one label each; got {tuple(x.shape)} images "
+                        f"and {tuple(y.shape)} labels")
+    count = len(x) if n is None else min(n, len(x))
+    x, y = x[:count].detach().cpu(), y[:count].long().cpu()
+    if x.dtype != torch.uint8:
+        _check_range(x.float(), "in the tensor given as data")
+    if classes is None:
+        raise ValueError("classes must be resolved before building a tensor source")
+    return SampleSource(name=name, n=count, classes=[str(c) for c in classes], index=np.arange(count),
+                        fingerprint={"name": name, "n": count, "sha256": _hash_tensors(
+                            to_engine_layout(x), y)},
+                        labels=y.numpy().astype(np.int64), _x=x, _y=y)
+
+
+def from_image_dataset(ds: ImageDataset, n: int | None, fingerprint: dict[str, Any] | None = None
+                       ) -> SampleSource:
+    """A registry dataset (uint8 in memory): images stay uint8 until the batch."""
+    count = len(ds) if n is None else min(n, len(ds))
+    images, labels = ds.images[:count], ds.labels[:count]
+    boxes = ds.boxes[:count].numpy().astype(np.float32) if getattr(ds, "boxes", None) is not None else None
+    fp = dict(fingerprint or {"name": str(ds.name)})
+    fp.update({"n": count, "sha256": _hash_tensors(images, labels)})
+    return SampleSource(name=str(ds.name), n=count, classes=list(ds.classes), index=np.arange(count),
+                        fingerprint=fp, boxes=boxes, labels=labels.numpy().astype(np.int64),
+                        _x=images, _y=labels)
+
+
+def _dataset_labels(ds: Dataset, count: int) -> np.ndarray | None:
+    for attr in ("targets", "labels"):
+        values = getattr(ds, attr, None)
+        if values is not None and len(values) >= count:
+            return np.asarray(values[:count] if not isinstance(values, torch.Tensor)
+                              else values[:count].numpy(), dtype=np.int64)
+    return None
+
+
+def from_dataset(data: Dataset | DataLoader, n: int | None, classes: Sequence[str] | None
+                 ) -> SampleSource:
+    """A map-style ``Dataset`` or a ``DataLoader`` over one: read lazily, one batch at a time."""
+    loader = data if isinstance(data, DataLoader) else None
+    ds = loader.dataset if loader is not None else data
+    if isinstance(ds, ImageDataset):
+        return from_image_dataset(ds, n)
+    if isinstance(ds, IterableDataset) or not hasattr(ds, "__len__"):
+        return _collect_iterable(loader or DataLoader(ds, batch_size=256), n, classes)
+    count = len(ds) if n is None else min(n, len(ds))
+    if count == 0:
+        raise UserError("the dataset given to run_sweep is empty")
+    probes = sorted({int(i) for i in np.linspace(0, count - 1, min(count, _FINGERPRINT_PROBES))})
+    items = [ds[i] for i in probes]
+    sample = torch.as_tensor(items[0][0])
+    if sample.ndim != 3:
+        raise UserError(f"dataset items must be (image (C,H,W), label) pairs; got an image of shape "
+                        f"{tuple(sample.shape)}")
+    labels = _dataset_labels(ds, count)
+    names = classes or getattr(ds, "classes", None)
+    fp = {"name": type(ds).__name__, "n": count, "probes": probes,
+          "sha256": _hash_tensors(*[torch.as_tensor(x) for x, _ in items],
+                                  torch.as_tensor([int(y) for _, y in items]))}
+    if labels is not None:
+        fp["labels_sha256"] = _hash_tensors(torch.as_tensor(labels))
+    return SampleSource(
+        name=type(ds).__name__, n=count, classes=[str(c) for c in names] if names else [],
+        index=np.arange(count), fingerprint=fp, labels=labels, _dataset=ds,
+        num_workers=loader.num_workers if loader is not None else 0,
+        collate_fn=loader.collate_fn if loader is not None else None)
+
+
+def _collect_iterable(loader: DataLoader, n: int | None, classes: Sequence[str] | None) -> SampleSource:
+    """An iterable dataset cannot be indexed: its first ``n`` samples are collected into memory."""
+    xs, ys, total = [], [], 0
+    for xb, yb in loader:
+        xs.append(torch.as_tensor(xb))
+        ys.append(torch.as_tensor(yb).long())
+        total += len(xb)
+        if n is not None and total >= n:
+            break
+    if not xs:
+        raise UserError("the dataset given to run_sweep is empty")
+    names = classes or getattr(loader.dataset, "classes", None)
+    return from_tensors(torch.cat(xs), torch.cat(ys), n, names, name=type(loader.dataset).__name__)

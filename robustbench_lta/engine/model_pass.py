@@ -1,0 +1,142 @@
+"""Per-model work beside the cells: model sanity checks, the large-eps probe, attention figure data.
+
+Kept cheap on purpose (a small sweep must not be dominated by it): the checks use a few samples,
+the probe is PGD that stops on every sample it has broken, and the figure data covers only the few
+clean-correct images the report shows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..plugins.registry import get_attack
+from ..utils import derive_seed
+from .inputs import SampleSource
+from .plan import AttackPlan
+from .runtime import PreparedModel
+from .sanity import large_eps_row, model_checks
+from .unit import make_attack
+
+LARGE_EPS = 128 / 255
+CHECK_SAMPLES = 16  # determinism / logits / gradient-health checks need few samples
+PROBE_STEPS = 10
+
+
+@dataclass(frozen=True)
+class ModelPassSettings:
+    batch_size: int
+    seed: int
+    sanity_samples: int
+    attention_samples: int
+    figure_attack: AttackPlan | None
+
+
+@dataclass
+class ModelPassResult:
+    sanity: list[dict[str, Any]]
+    figure: dict[str, np.ndarray] | None
+    forward: int
+    backward: int
+
+
+def figure_attack(attacks: list[AttackPlan]) -> AttackPlan | None:
+    """The attack whose adversarial maps the report shows: FGSM if swept, else the first L-inf one."""
+    bounded = [a for a in attacks if a.bounded and a.norm == "linf"]
+    for a in bounded:
+        if a.name == "fgsm":
+            return a
+    return bounded[0] if bounded else None
+
+
+def _first_correct(pm: PreparedModel, source: SampleSource, want: int, batch_size: int
+                   ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """The first ``want`` clean-correct samples in sample order (positions, x, y, logits) and how many
+    samples were looked at to find them."""
+    xs, ys, ls, ps = [], [], [], []
+    found, seen = 0, 0
+    with torch.inference_mode():
+        for start in range(0, source.n, batch_size):
+            positions = np.arange(start, min(source.n, start + batch_size))
+            for pos, x, y in source.batches(positions, batch_size, pm.device):
+                logits = pm.model(x)
+                ok = (logits.argmax(1) == y).cpu().numpy()
+                seen += len(pos)
+                if ok.any():
+                    sel = torch.as_tensor(np.flatnonzero(ok), device=x.device)
+                    xs.append(x[sel])
+                    ys.append(y[sel])
+                    ls.append(logits[sel])
+                    ps.append(pos[ok])
+                    found += int(ok.sum())
+            if found >= want:
+                break
+    if not xs:
+        empty = torch.zeros(0)
+        return np.zeros(0, dtype=np.int64), empty, empty.long(), empty, seen
+    return (np.concatenate(ps)[:want], torch.cat(xs)[:want], torch.cat(ys)[:want], torch.cat(ls)[:want],
+            seen)
+
+
+def run_model_pass(pm: PreparedModel, source: SampleSource, settings: ModelPassSettings) -> ModelPassResult:
+    f0, b0 = pm.model.work()
+    rows: list[dict[str, Any]] = []
+    k = min(source.n, CHECK_SAMPLES)
+    _pos, x, y = next(source.batches(np.arange(k), k, pm.device))
+    with torch.inference_mode():
+        reference = pm.model(x)
+    rows += model_checks(pm.label, pm.model, x, y, reference)
+    want = max(settings.sanity_samples, settings.attention_samples if pm.has_attention else 0)
+    pos, xc, yc, _logits, seen = _first_correct(pm, source, want, settings.batch_size)
+    if settings.sanity_samples and len(pos):
+        n = min(settings.sanity_samples, len(pos))
+        probe = get_attack("pgd-linf", seed=derive_seed(settings.seed, pm.loaded.sha256, "probe"),
+                           steps=PROBE_STEPS)
+        adv = probe.perturb(pm.model, xc[:n], yc[:n], LARGE_EPS)
+        with torch.inference_mode():
+            acc = float((pm.model(adv).argmax(1) == yc[:n]).float().mean())
+        rows.append(large_eps_row(pm.label, acc, LARGE_EPS, pm.num_classes))
+    figure = None
+    plan = settings.figure_attack
+    k = min(settings.attention_samples, len(pos))
+    if pm.has_attention and plan is not None and k > 0:
+        figure = _figure_arrays(pm, source, plan, pos[:k], xc[:k], yc[:k], settings.seed, seen)
+    pm.model.eval()
+    f1, b1 = pm.model.work()
+    return ModelPassResult(rows, figure, f1 - f0, b1 - b0)
+
+
+def _figure_arrays(pm: PreparedModel, source: SampleSource, plan: AttackPlan, pos: np.ndarray,
+                   x: torch.Tensor, y: torch.Tensor, seed: int, seen: int) -> dict[str, np.ndarray]:
+    attack = make_attack(plan, derive_seed(seed, pm.loaded.sha256, plan.label, "figure"))
+    if plan.multi_eps:
+        advs = list(attack.perturb_many(pm.model, x, y, list(plan.eps)))
+    else:
+        advs = [x.clone() if e == 0 else attack.perturb(pm.model, x, y, e) for e in plan.eps]
+    pm.model.eval()
+    with torch.inference_mode():
+        clean_logits, clean_maps = pm.model.logits_and_maps(x)
+        adv_preds, adv_maps = [], []
+        for a in advs:
+            logits, maps = pm.model.logits_and_maps(a.detach().float().contiguous())
+            adv_preds.append(logits.argmax(1).cpu().numpy())
+            adv_maps.append([m.cpu().numpy() for m in maps])
+    arrays: dict[str, np.ndarray] = {
+        "attack": np.array(plan.label), "index": source.index[pos],
+        "labels": y.cpu().numpy(), "images": x.float().cpu().numpy(),
+        "eps": np.array(plan.eps, dtype=np.float64), "clean_pred": clean_logits.argmax(1).cpu().numpy(),
+        "adv_images": torch.stack([a.detach().float().cpu() for a in advs]).numpy(),
+        "adv_pred": np.stack(adv_preds),
+        # how the images were picked, for the report's caption
+        "selection": np.array(f"the first {len(pos)} clean-correct samples in sample order "
+                              f"(of the first {seen} looked at)"),
+    }
+    for j in range(len(clean_maps)):
+        arrays[f"clean_level{j}"] = clean_maps[j].cpu().numpy()
+        arrays[f"adv_level{j}"] = np.stack([m[j] for m in adv_maps])
+    if source.boxes is not None:
+        arrays["boxes"] = source.boxes[pos]
+    return arrays

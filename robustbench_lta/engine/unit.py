@@ -1,0 +1,341 @@
+"""One unit of work: model + attack + eps chain + shard of samples -> per-sample records.
+
+:func:`run_attack_unit` is the pure function every executor calls. In order:
+
+1. a clean forward over the shard (predictions, and attention maps for attention models);
+2. the clean-correct samples go through the attack, budgets ascending; in worst-case accounting only
+   the samples still unbroken at the previous budget are attacked (iterative attacks) or evaluated
+   (one-shot multi-budget attacks: one gradient for every budget); a sample broken at a smaller
+   budget carries that adversarial example's record to every larger one (it lies in every larger
+   ball);
+3. every adversarial batch is verified (shape, finite, [0,1], budget) before its predictions count;
+4. the model is checked to be unchanged (weights and buffers, eval mode) after the unit.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..analysis.attention import box_mass, js_divergence
+from ..errors import UserError
+from ..plugins.base import Attack
+from ..plugins.registry import get_attack
+from ..plugins.verify import verify_batch
+from ..results import ATTENTION_COLUMNS, SAMPLE_COLUMNS, STATUS_FAILED, STATUS_INVALID, STATUS_OK
+from ..utils import derive_seed
+from .inputs import SampleSource, to_engine_layout
+from .plan import AttackPlan, Unit
+from .runtime import PreparedModel
+
+
+class InvalidBatch(Exception):
+    """A plugin broke the contract (output outside the budget, non-finite, model changed...)."""
+
+
+@dataclass(frozen=True)
+class UnitSettings:
+    batch_size: int
+    seed: int
+    accounting: str
+
+
+@dataclass
+class UnitResult:
+    samples: pd.DataFrame
+    attention: pd.DataFrame | None
+    eps_status: list[dict[str, Any]]  # per eps: eps, status, message, seconds, forward, backward
+
+    @property
+    def status(self) -> str:
+        statuses = {s["status"] for s in self.eps_status}
+        return STATUS_INVALID if STATUS_INVALID in statuses else (
+            STATUS_FAILED if STATUS_FAILED in statuses else STATUS_OK)
+
+
+def one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:400]
+
+
+def make_attack(plan: AttackPlan, seed: int) -> Attack:
+    if plan.user_instance:
+        attack = copy.copy(plan.prototype)
+        attack.seed = seed
+        return attack
+    return get_attack(plan.name, seed=seed, **plan.params)
+
+
+def _eps_tag(eps: float) -> str:
+    return "inf" if math.isinf(eps) else repr(float(eps))
+
+
+def _split_on_oom(fn: Callable[[torch.Tensor, torch.Tensor], list[torch.Tensor]], x: torch.Tensor,
+                  y: torch.Tensor) -> list[torch.Tensor]:
+    """Run ``fn`` on the batch; on CUDA out-of-memory, on both halves (recursively) and join."""
+    try:
+        return fn(x, y)
+    except torch.cuda.OutOfMemoryError:
+        if len(x) == 1:
+            raise
+        torch.cuda.empty_cache()
+        h = len(x) // 2
+        a, b = _split_on_oom(fn, x[:h], y[:h]), _split_on_oom(fn, x[h:], y[h:])
+        return [torch.cat([p, q]) for p, q in zip(a, b, strict=True)]
+
+
+@dataclass
+class _Shard:
+    """The clean state of one shard, plus the per-eps records being filled in."""
+
+    positions: np.ndarray
+    label: np.ndarray
+    clean_pred: np.ndarray
+    maps: list[torch.Tensor] | None
+    boxes: torch.Tensor | None
+    size: tuple[int, int] = (0, 0)  # image (H, W): attention boxes are in pixels
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.clean_pred == self.label
+
+
+def clean_pass(pm: PreparedModel, source: SampleSource, positions: np.ndarray, batch_size: int,
+               with_maps: bool) -> _Shard:
+    m = len(positions)
+    label = np.empty(m, dtype=np.int64)
+    clean_pred = np.empty(m, dtype=np.int64)
+    parts: list[list[torch.Tensor]] = []
+    done = 0
+    size = (0, 0)
+    with torch.inference_mode():
+        for _pos, x, y in source.batches(positions, batch_size, pm.device):
+            size = (int(x.shape[-2]), int(x.shape[-1]))
+            if with_maps:
+                logits, maps = pm.model.logits_and_maps(x)
+                parts.append(maps)
+            else:
+                logits = pm.model(x)
+            k = len(x)
+            label[done:done + k] = y.cpu().numpy()
+            clean_pred[done:done + k] = logits.argmax(1).cpu().numpy()
+            done += k
+    if m and int(label.max()) >= pm.num_classes:
+        raise UserError(f"model '{pm.label}' has {pm.num_classes} outputs but the data has labels up to "
+                        f"{int(label.max())}: attack it on the dataset it was trained for")
+    maps = [torch.cat([p[j] for p in parts]) for j in range(len(parts[0]))] if parts else None
+    boxes = torch.as_tensor(source.boxes[positions]) if source.boxes is not None else None
+    return _Shard(positions, label, clean_pred, maps, boxes, size)
+
+
+class _Records:
+    """Per-eps predictions, norms and flags of one shard, with worst-case carrying."""
+
+    def __init__(self, shard: _Shard, n_eps: int) -> None:
+        m = len(shard.positions)
+        self.adv_pred = np.tile(shard.clean_pred, (n_eps, 1))
+        self.norms = np.zeros((n_eps, m), dtype=np.float64)
+        self.attacked = np.zeros((n_eps, m), dtype=bool)
+        self.first_broken = np.full(m, n_eps, dtype=np.int64)  # index of the first eps that broke it
+
+    def record(self, k: int, rel: np.ndarray, pred: np.ndarray, norms: np.ndarray, label: np.ndarray) -> None:
+        self.adv_pred[k, rel] = pred
+        self.norms[k, rel] = norms
+        self.attacked[k, rel] = True
+        hit = rel[pred != label[rel]]
+        self.first_broken[hit] = np.minimum(self.first_broken[hit], k)
+
+    def carry(self) -> None:
+        """A sample broken at budget j is broken with the same example at every later budget."""
+        for k in range(1, self.adv_pred.shape[0]):
+            was = (self.first_broken < k) & ~self.attacked[k]
+            j = self.first_broken[was]
+            self.adv_pred[k, was] = self.adv_pred[j, np.flatnonzero(was)]
+            self.norms[k, was] = self.norms[j, np.flatnonzero(was)]
+
+
+def run_attack_unit(pm: PreparedModel, source: SampleSource, unit: Unit, settings: UnitSettings,
+                    on_batch: Callable[[int], None] | None = None) -> UnitResult:
+    """Attack one shard with one attack over its eps chain; see the module docstring."""
+    plan = unit.cell.attack
+    chain = plan.chain
+    E = len(chain)
+    worst = settings.accounting == "worst-case"
+    drift = pm.has_attention and plan.bounded
+    t0 = time.perf_counter()
+    f0, b0 = pm.model.work()
+    shard = clean_pass(pm, source, np.arange(unit.start, unit.stop), settings.batch_size, drift)
+    rec = _Records(shard, E)
+    seconds = [0.0] * E
+    work = [[0, 0] for _ in range(E)]
+    status = [(STATUS_OK, "")] * E
+    att_rows: list[dict[str, np.ndarray]] = []
+    attack = make_attack(plan, settings.seed)
+
+    def seed_for(eps_tag: str, pos: np.ndarray) -> int:
+        return derive_seed(settings.seed, unit.cell.model_sha256, plan.label, eps_tag, int(pos[0]))
+
+    def check_mode() -> None:
+        if any(mod.training for mod in pm.model.modules()):
+            pm.model.eval()
+            raise InvalidBatch("the attack left the model in train mode (batch-norm statistics and "
+                               "dropout change the predictions)")
+
+    def evaluate(k: int, pos: np.ndarray, x: torch.Tensor, y: torch.Tensor, xa: Any) -> np.ndarray:
+        """Verify one adversarial batch at budget k, predict, record; returns the broken mask."""
+        eps = chain[k]
+        if isinstance(xa, torch.Tensor):
+            xa = xa.detach().contiguous(memory_format=torch.contiguous_format)
+        v = verify_batch(x, xa, eps, plan.prototype.threat_model, plan.bounded)
+        if not v.ok:
+            where = "" if math.isinf(eps) else f"eps {eps * 255:.4g}/255: "
+            raise InvalidBatch(where + str(v.reason))
+        xa = to_engine_layout(xa)
+        with torch.inference_mode():
+            if drift:
+                logits, maps = pm.model.logits_and_maps(xa)
+            else:
+                logits = pm.model(xa)
+        pred = logits.argmax(1).cpu().numpy()
+        rel = pos - unit.start
+        rec.record(k, rel, pred, v.norms.cpu().double().numpy(), shard.label)
+        if drift:
+            att_rows.append(_drift_rows(shard, rel, maps, eps, source.index[pos]))
+        return pred != y.cpu().numpy()
+
+    def account(k: int, t_start: float, w_start: tuple[int, int]) -> None:
+        f, b = pm.model.work()
+        seconds[k] += time.perf_counter() - t_start
+        work[k][0] += f - w_start[0]
+        work[k][1] += b - w_start[1]
+
+    # the clean pass is part of the first budget's work
+    account(0, t0, (f0, b0))
+    try:
+        if plan.multi_eps and plan.bounded:
+            t1, w1 = time.perf_counter(), pm.model.work()
+            todo = shard.positions[shard.correct]
+            for pos, x, y in source.batches(todo, settings.batch_size, pm.device):
+                attack.seed = seed_for("multi", pos)
+                advs = _split_on_oom(lambda a, b: list(attack.perturb_many(pm.model, a, b, list(chain))),
+                                     x, y)
+                check_mode()
+                if not isinstance(advs, list) or len(advs) != E:
+                    raise InvalidBatch(f"returned {len(advs) if isinstance(advs, list) else 'no list of'} "
+                                       f"batches for {E} eps")
+                alive = np.ones(len(pos), dtype=bool)
+                for k in range(E):
+                    sel = alive if worst else np.ones(len(pos), dtype=bool)
+                    if not sel.any():
+                        break
+                    idx = torch.as_tensor(np.flatnonzero(sel), device=x.device)
+                    xa = advs[k][idx] if isinstance(advs[k], torch.Tensor) else advs[k]
+                    hit = evaluate(k, pos[sel], x[idx], y[idx], xa)
+                    alive[np.flatnonzero(sel)[hit]] = False
+                if on_batch:
+                    on_batch(len(pos))
+            account(0, t1, w1)
+        else:
+            failed_at: tuple[str, str] | None = None
+            for k, eps in enumerate(chain):
+                if failed_at is not None:
+                    status[k] = (failed_at[0], f"not run: the budget before failed ({failed_at[1]})")
+                    continue
+                t1, w1 = time.perf_counter(), pm.model.work()
+                todo_mask = shard.correct & (rec.first_broken >= k if worst else True)
+                todo = shard.positions[todo_mask]
+                try:
+                    for pos, x, y in source.batches(todo, settings.batch_size, pm.device):
+                        if plan.bounded and eps == 0:
+                            advs = [x.clone()]  # the only perturbation within a zero budget is none
+                        else:
+                            attack.seed = seed_for(_eps_tag(eps), pos)
+                            advs = _split_on_oom(
+                                lambda a, b, e=eps: [attack.perturb(pm.model, a, b, e)], x, y)
+                            check_mode()
+                        evaluate(k, pos, x, y, advs[0])
+                        if on_batch:
+                            on_batch(len(pos))
+                except InvalidBatch as exc:
+                    status[k] = (STATUS_INVALID, str(exc))
+                    failed_at = status[k]
+                except UserError:
+                    raise
+                except Exception as exc:  # a broken plugin fails its cell, never the sweep
+                    status[k] = (STATUS_FAILED, one_line(exc))
+                    failed_at = status[k]
+                finally:
+                    account(k, t1, w1)
+    except InvalidBatch as exc:
+        status = [(STATUS_INVALID, str(exc))] * E
+    except UserError:
+        raise
+    except Exception as exc:
+        status = [(STATUS_FAILED, one_line(exc))] * E
+    finally:
+        pm.model.eval()
+    changed = pm.guard.changed()
+    if changed:
+        pm.guard.restore()
+        status = [(STATUS_INVALID, f"the attack changed the model ({len(changed)} weight/buffer tensors, "
+                   f"e.g. '{changed[0]}'): results discarded, weights restored for the next cell")] * E
+    if worst:
+        rec.carry()
+    return UnitResult(
+        samples=_sample_frame(unit, source, shard, rec, chain),
+        attention=_attention_frame(unit, att_rows) if att_rows and all(s == STATUS_OK for s, _ in status)
+        else None,
+        eps_status=[{"eps": float(e), "status": s, "message": msg, "seconds": seconds[k],
+                     "forward": work[k][0], "backward": work[k][1]}
+                    for k, (e, (s, msg)) in enumerate(zip(chain, status, strict=True))])
+
+
+def _drift_rows(shard: _Shard, rel: np.ndarray, adv_maps: list[torch.Tensor], eps: float,
+                index: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-sample drift of every level's map (clean vs adversarial), as column arrays."""
+    cols: dict[str, list[np.ndarray]] = {"level": [], "js_divergence": [], "box_mass_clean": [],
+                                         "box_mass_adv": [], "index": []}
+    assert shard.maps is not None
+    sel = torch.as_tensor(rel, device=shard.maps[0].device)
+    for level, adv in enumerate(adv_maps):
+        clean = shard.maps[level][sel]
+        cols["js_divergence"].append(js_divergence(clean, adv).float().cpu().numpy())
+        if shard.boxes is not None:
+            boxes = shard.boxes[torch.as_tensor(rel)].to(adv.device)
+            cols["box_mass_clean"].append(box_mass(clean, boxes, shard.size).float().cpu().numpy())
+            cols["box_mass_adv"].append(box_mass(adv, boxes, shard.size).float().cpu().numpy())
+        else:
+            cols["box_mass_clean"].append(np.full(len(rel), np.nan, dtype=np.float32))
+            cols["box_mass_adv"].append(np.full(len(rel), np.nan, dtype=np.float32))
+        cols["level"].append(np.full(len(rel), level, dtype=np.int64))
+        cols["index"].append(np.asarray(index))
+    out = {k: np.concatenate(v) for k, v in cols.items()}
+    out["eps"] = np.full(len(out["level"]), float(eps))
+    return out
+
+
+def _sample_frame(unit: Unit, source: SampleSource, shard: _Shard, rec: _Records,
+                  chain: tuple[float, ...]) -> pd.DataFrame:
+    frames = []
+    index = source.index[shard.positions].astype(np.int64)
+    for k, eps in enumerate(chain):
+        frames.append(pd.DataFrame({
+            "model": unit.cell.model, "attack": unit.cell.attack.label, "eps": float(eps), "index": index,
+            "label": shard.label, "clean_pred": shard.clean_pred, "adv_pred": rec.adv_pred[k],
+            "norm": rec.norms[k], "attacked": rec.attacked[k], "broken": rec.adv_pred[k] != shard.label}))
+    return pd.concat(frames, ignore_index=True)[SAMPLE_COLUMNS]
+
+
+def _attention_frame(unit: Unit, rows: list[dict[str, np.ndarray]]) -> pd.DataFrame:
+    df = pd.DataFrame({k: np.concatenate([r[k] for r in rows]) for k in rows[0]})
+    df.insert(0, "attack", unit.cell.attack.label)
+    df.insert(0, "model", unit.cell.model)
+    return df[ATTENTION_COLUMNS]
