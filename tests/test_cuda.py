@@ -61,6 +61,15 @@ def test_amp_training_runs(tmp_path: Path, amp: str) -> None:
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
+def test_pinned_host_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The path for splits too big for the GPU: pinned host memory, non-blocking copies per batch."""
+    from robustbench_lta.training import trainer
+
+    monkeypatch.setattr(trainer, "DEVICE_DATA_LIMIT_BYTES", 0)
+    result = trainer.train(_train_cfg(tmp_path / "pinned", "off", epochs=1), progress=False)
+    assert np.isfinite(result.history[0]["train_loss"]) and result.history[0]["test_acc"] is not None
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_amp_step_dtypes_and_scaler(dtype: torch.dtype) -> None:
     """One optimizer step by hand: autocast logits in low precision, fp32 grads, the scaler's unscale."""

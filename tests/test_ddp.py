@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -45,13 +46,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _worker(rank: int, world: int, port: int, out: str, dump: str) -> None:
+def _worker(rank: int, world: int, port: int, out: str, dump: str, epochs: int = EPOCHS) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         from robustbench_lta.training.trainer import train
 
-        cfg = validate(TrainConfig, _config(Path(out)))
+        cfg = validate(TrainConfig, {**_config(Path(out)), "epochs": epochs})
         model_holder: dict = {}
         original = distributed.DistContext.wrap
 
@@ -62,7 +63,7 @@ def _worker(rank: int, world: int, port: int, out: str, dump: str) -> None:
         distributed.DistContext.wrap = keep
         train(cfg, progress=False)
         params = {k: v.detach().clone() for k, v in model_holder["m"].named_parameters()}
-        save_file(params, str(Path(dump) / f"rank{rank}.safetensors"))
+        save_file(params, str(Path(dump) / f"rank{rank}_e{epochs}.safetensors"))
     finally:
         dist.destroy_process_group()
 
@@ -79,7 +80,7 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def test_ranks_hold_identical_weights(ddp_run: tuple[Path, Path]) -> None:
     out, dump = ddp_run
-    r0, r1 = (load_file(str(dump / f"rank{r}.safetensors")) for r in range(WORLD))
+    r0, r1 = (load_file(str(dump / f"rank{r}_e{EPOCHS}.safetensors")) for r in range(WORLD))
     assert r0.keys() == r1.keys() and len(r0) > 0
     for key in r0:
         assert torch.equal(r0[key], r1[key]), key
@@ -102,11 +103,26 @@ def test_one_checkpoint_written_by_rank0(ddp_run: tuple[Path, Path]) -> None:
     assert [int(r["epoch"]) for r in rows] == list(range(1, EPOCHS + 1))  # one writer, one row per epoch
     # the single-process format: loads as a plain model (no DDP "module." prefix), rank 0's weights
     model = load_model(out / "last.safetensors")
-    r0 = load_file(str(dump / "rank0.safetensors"))
+    r0 = load_file(str(dump / f"rank0_e{EPOCHS}.safetensors"))
     for key, value in model.named_parameters():
         assert torch.equal(value.detach(), r0[key]), key
     # 96 images over 2 ranks, global batch 16 -> 8 per rank: 6 optimizer steps per epoch, all images seen
     assert float(rows[0]["images_per_s"]) > 0
+
+
+def test_resume_continues_on_both_ranks(ddp_run: tuple[Path, Path]) -> None:
+    """Raising epochs and running again resumes after the last epoch; the ranks still agree."""
+    first, dump = ddp_run
+    out = first.parent / "resumed"
+    shutil.copytree(first, out)  # leaves the first run's folder as the other tests expect it
+    mp.start_processes(_worker, args=(WORLD, _free_port(), str(out), str(dump), EPOCHS + 1), nprocs=WORLD,
+                       join=True, start_method="spawn")
+    rows = list(csv.DictReader((out / "history.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, EPOCHS + 2))
+    r0, r1 = (load_file(str(dump / f"rank{r}_e{EPOCHS + 1}.safetensors")) for r in range(WORLD))
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)
+    before = load_file(str(dump / f"rank0_e{EPOCHS}.safetensors"))
+    assert any(not torch.equal(before[k], r0[k]) for k in r0)
 
 
 def test_epoch_split_covers_every_image_once() -> None:

@@ -96,6 +96,18 @@ class DistContext:
         dist.all_reduce(buf, op=dist.ReduceOp.SUM)
         return buf[0].to(loss_sum.dtype), buf[1].round().to(correct.dtype), int(buf[2].item())
 
+    def agree(self, what: str, value: int, device: torch.device) -> None:
+        """Fail on every rank when the ranks hold different ``value`` (e.g. the epoch they resume after)."""
+        mine = torch.tensor([value], dtype=torch.int64, device=device)
+        lo, hi = mine.clone(), mine.clone()
+        dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+        dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+        if int(lo) != int(hi):
+            raise UserError(
+                f"the {self.world_size} processes disagree on the {what} ({int(lo)} vs {int(hi)}): "
+                "the out folder must be one folder every process reads (a shared filesystem across nodes)"
+            )
+
     def barrier(self) -> None:
         dist.barrier()
 

@@ -394,6 +394,8 @@ def _train(
 
     from tqdm.auto import tqdm
 
+    if ddp is not None:
+        ddp.agree("epoch to resume after", start_epoch, device)
     step_model = model if ddp is None else ddp.wrap(model, device)
 
     bar = None
