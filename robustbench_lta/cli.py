@@ -98,13 +98,15 @@ def train_cmd(config: str, overrides: tuple[str, ...], out: str | None, ddp: boo
     if out:
         cfg.out = out
     ctx = distributed.init_from_env(cfg.device, required=ddp)
+    ok = False
     try:
         if ctx is None or ctx.is_main:
             click.echo(_setup_line("train", ctx.device(cfg.device) if ctx else cfg.device, cfg.amp,
                                    cfg.channels_last, ddp=ctx))
         result = train(cfg)
+        ok = True
     finally:
-        distributed.teardown(ctx)
+        distributed.teardown(ctx, ok)
     if ctx is None or ctx.is_main:
         click.echo(f"best test accuracy {result.best_acc:.2%}; checkpoint {result.best_path}")
 

@@ -155,8 +155,10 @@ def init_from_env(device: str = "auto", required: bool = False) -> DistContext |
     return current()
 
 
-def teardown(ctx: DistContext | None) -> None:
-    """Leave the process group (after a barrier, so rank 0 has finished writing)."""
+def teardown(ctx: DistContext | None, ok: bool = True) -> None:
+    """Leave the process group: after a barrier when training finished (rank 0 has written), at once
+    after an error (a barrier would wait forever for ranks stuck elsewhere; torchrun stops them)."""
     if ctx is not None and dist.is_initialized():
-        dist.barrier()
+        if ok:
+            dist.barrier()
         dist.destroy_process_group()
