@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean gpu-wheels gpu-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,3 +28,32 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs results .pytest_cache
+
+# ---- GPU readiness (docs/gpu.md) -------------------------------------------------------------------
+# gpu-wheels (here, online): the packages the GPU image lacks, as CPython $(GPU_PY) manylinux wheels, and
+# the CIFAR-10 archives, into ignored folders that the device tool carries (`carry: [".whl", ".gpu_data"]`).
+# The one compiled wheel (pydantic-core) is also fetched for this interpreter, for the CPU rehearsal;
+# gpu_check.py installs only the wheels whose tags fit the running Python.
+GPU_PY      ?= 3.12
+GPU_PIP     ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) -m pip
+GPU_PYTHON  ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+SHARED_DATA ?= $(firstword $(wildcard $(ROBUSTBENCH_LTA_SHARED) ../shared/data/cifar10-jpeg))
+GPU_WHEELS  := torchattacks==3.5.1 foolbox==3.3.4 eagerpy==0.30.0 GitPython==3.2.1 gitdb==4.0.12 \
+               smmap==5.0.3 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \
+               typing-inspection==0.4.5 typing-extensions==4.16.0 pypdf==7.1.1
+GPU_PLATFORMS := --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+
+gpu-wheels:
+	@test -n "$(SHARED_DATA)" || { echo "error: no ../shared/data/cifar10-jpeg: pass SHARED_DATA=DIR"; exit 2; }
+	rm -rf .whl && mkdir -p .whl .gpu_data/cifar10-jpeg
+	$(GPU_PIP) download -q --no-deps --only-binary=:all: --python-version $(GPU_PY) --implementation cp \
+		$(GPU_PLATFORMS) -d .whl $(GPU_WHEELS)
+	$(GPU_PIP) download -q --no-deps --only-binary=:all: -d .whl $(filter pydantic-core==%,$(GPU_WHEELS))
+	cp $(SHARED_DATA)/train.tar.gz $(SHARED_DATA)/test.tar.gz $(SHARED_DATA)/SHA256SUMS .gpu_data/cifar10-jpeg/
+	cd .gpu_data/cifar10-jpeg && sha256sum --quiet --ignore-missing -c SHA256SUMS
+	@du -sh .whl .gpu_data; du -sch .whl .gpu_data | tail -1 | sed 's/total/carried in all (limit 64 MiB with the tree)/'
+
+# gpu-check: on the GPU machine `python3 benchmarks/gpu_check.py --out $$OUT` (no venv, no make needed);
+# here `QUICK=1 make gpu-check` rehearses it on CPU (CI runs that). GPU_OUT: where the table goes.
+gpu-check:
+	$(GPU_PYTHON) benchmarks/gpu_check.py $(if $(QUICK),--quick) $(if $(GPU_OUT),--out $(GPU_OUT))

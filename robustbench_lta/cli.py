@@ -86,16 +86,55 @@ def data_cmd(root: str | None) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config key (repeatable), e.g. --set epochs=5 --set model.width=0.5")
 @click.option("--out", default=None, help="Output folder (default from the config, else runs/<model>).")
-def train_cmd(config: str, overrides: tuple[str, ...], out: str | None) -> None:
+@click.option("--ddp", is_flag=True, help="Insist on data-parallel training: launch with "
+              "torchrun --nproc-per-node N -m robustbench_lta train CONFIG (used there even without it).")
+def train_cmd(config: str, overrides: tuple[str, ...], out: str | None, ddp: bool) -> None:
     """Train a model from a YAML CONFIG (see configs/train/)."""
     from .config import TrainConfig, load_config
+    from .training import distributed
     from .training.trainer import train
 
     cfg = load_config(TrainConfig, config, overrides)
     if out:
         cfg.out = out
-    result = train(cfg)
-    click.echo(f"best test accuracy {result.best_acc:.2%}; checkpoint {result.best_path}")
+    ctx = distributed.init_from_env(cfg.device, required=ddp)
+    ok = False
+    try:
+        if ctx is None or ctx.is_main:
+            click.echo(_setup_line("train", ctx.device(cfg.device) if ctx else cfg.device, cfg.amp,
+                                   cfg.channels_last, ddp=ctx))
+        result = train(cfg)
+        ok = True
+    finally:
+        distributed.teardown(ctx, ok)
+    if ctx is None or ctx.is_main:
+        click.echo(f"best test accuracy {result.best_acc:.2%}; checkpoint {result.best_path}")
+
+
+def _setup_line(command: str, device: Any, amp: str, channels_last: bool, compile_: bool = False,
+                ddp: Any = None) -> str:
+    """``train``/``sweep``: which device, precision and memory format the run uses, in one line.
+
+    Mirrors the rules of the trainer (AMP and NHWC on CUDA only) and the engine (NHWC everywhere;
+    autocast for attack forwards on CUDA only, default off).
+    """
+    import torch
+
+    from .utils import device_description, resolve_device
+
+    dev = resolve_device(device)
+    cuda = dev.type == "cuda"
+    if not cuda or amp == "off":
+        precision = "float32"
+    elif amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
+        precision = "bf16 autocast"
+    else:
+        precision = "fp16 autocast" + (" + grad scaler" if command == "train" else "")
+    nhwc = channels_last and (cuda or command == "sweep")
+    extras = [", torch.compile" if compile_ and cuda else "",
+              f", DDP x{ddp.world_size} ({ddp.backend})" if ddp is not None else ""]
+    return (f"{command}: device {device_description(dev)}, {precision}, "
+            f"{'channels_last (NHWC)' if nhwc else 'NCHW'}{''.join(extras)}")
 
 
 # ------------------------------------------------------------------------------------ attacks
@@ -205,6 +244,7 @@ def sweep_cmd(config: str | None, models: tuple[str, ...], attacks: tuple[str, .
     if not raw.get("attacks"):
         raise UserError("no attacks given: pass --attack NAME (see `robustbench-lta attacks`)")
     cfg = validate(SweepConfig, raw, config or "sweep options")
+    click.echo(_setup_line("sweep", cfg.device, cfg.amp, cfg.channels_last, cfg.compile))
     summary = run_with_executor(cfg, progress=not quiet)
     _print_summary(summary)
     click.echo(f"results in {summary.attrs.get('out_dir', cfg.out)}")

@@ -42,6 +42,7 @@ from ..data.registry import ImageDataset, load_dataset
 from ..errors import UserError
 from ..models.registry import create_model, model_info
 from ..utils import atomic_write_json, atomic_write_text, derive_seed, device_description, resolve_device
+from . import distributed
 from .checkpoint import (
     defer_keyboard_interrupt,
     load_tensors,
@@ -311,7 +312,8 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     :class:`TrainResult`; prints one summary line at the end.
     """
     model_info(config.model.name)  # an unknown name fails here, before any data is loaded
-    device = resolve_device(config.device)
+    ddp = distributed.current()  # a torchrun process group: see distributed.py
+    device = resolve_device(config.device) if ddp is None else ddp.device(config.device)
     out_dir = out_dir_for(config)
     saved = _load_state(out_dir)
     if saved is not None:
@@ -357,6 +359,10 @@ def _train(
 
     n = len(train_ds)
     bs = min(config.batch_size, n)
+    ddp = distributed.current()
+    if ddp is not None:  # this rank's share of each epoch and each batch; rank 0 alone logs
+        n, bs = ddp.local_sizes(n, bs)
+        progress = progress and ddp.is_main
     steps_per_epoch = math.ceil(n / bs) - (1 if n % bs == 1 and n > 1 else 0)  # no batch of one (BatchNorm)
     optimizer = torch.optim.SGD(
         model.parameters(),
@@ -388,12 +394,19 @@ def _train(
 
     from tqdm.auto import tqdm
 
+    if ddp is not None:
+        ddp.agree("epoch to resume after", start_epoch, device)
+    step_model = model if ddp is None else ddp.wrap(model, device)
+
     bar = None
     epoch = start_epoch
     try:
         for epoch in range(start_epoch + 1, config.epochs + 1):
             model.train()
-            perm = torch.randperm(n, generator=generator)
+            if ddp is None:
+                perm = torch.randperm(n, generator=generator)
+            else:  # one shuffle shared by the ranks, split by rank; per-rank augmentation seeds
+                perm = ddp.epoch_indices(len(train_ds), epoch, config.seed, generator)
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), dtype=torch.int64, device=device)
             seen = 0
@@ -411,7 +424,7 @@ def _train(
                 x, y = train_data.get(index)
                 x = _to_float(augment(x, generator, pad, flip), channels_last)
                 with autocast:
-                    logits = model(x)
+                    logits = step_model(x)
                     loss = F.cross_entropy(logits, y)
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
@@ -438,12 +451,16 @@ def _train(
                 torch.cuda.synchronize(device)
             train_seconds = time.perf_counter() - t0
             bar.close()
+            if ddp is not None:
+                loss_sum, correct, seen = ddp.sum_over_ranks(loss_sum, correct, seen)
             train_loss = float(loss_sum) / seen
             if not math.isfinite(train_loss):
                 raise UserError(
                     f"training diverged (loss {train_loss} in epoch {epoch}): lower lr or add warmup_epochs; "
                     f"{out_dir / 'last.safetensors'} holds the previous epoch"
                 )
+            if ddp is not None and not ddp.is_main:
+                continue  # rank 0 evaluates and writes checkpoints, state and history
             test_acc = None
             if epoch % config.eval_every == 0 or epoch == config.epochs:
                 test_acc = last_acc = evaluate(model, test_data, eval_bs, channels_last)
@@ -513,10 +530,13 @@ def _train(
     rates = [r["images_per_s"] for r in history if r.get("images_per_s")]
     ips = f", {sum(rates) / len(rates):.0f} img/s" if rates else ""
     done = "already trained" if start_epoch >= config.epochs else "trained"
-    print(
-        f"{done} {config.model.name} on {config.data.name} for {len(history)} epoch(s): "
-        f"best test acc {best_acc:.4f} (epoch {best_epoch}), last {last_acc:.4f}{ips} -> {out_dir}"
-    )
+    if ddp is not None:
+        ddp.barrier()  # every rank returns once rank 0 has written the last checkpoint
+    if ddp is None or ddp.is_main:
+        print(
+            f"{done} {config.model.name} on {config.data.name} for {len(history)} epoch(s): "
+            f"best test acc {best_acc:.4f} (epoch {best_epoch}), last {last_acc:.4f}{ips} -> {out_dir}"
+        )
     return TrainResult(
         out_dir=out_dir,
         best_path=out_dir / "best.safetensors",
