@@ -1,11 +1,21 @@
 """The ``robustbench-lta`` command line: models, data, train, attacks, sweep, report, demo.
 
-Errors meant for users (:class:`UserError`) print as one line and exit with code 2; anything else
-is a bug and prints its traceback only under ``--debug`` (exit code 1).
+Exit codes (docs/errors.md has the full table):
+
+- 0: done, every cell ``ok``;
+- 1: internal error (a bug): one line, the traceback under ``--debug``;
+- 2: bad input (:class:`UserError`) or an environment problem the user can fix (disk full, a
+  read-only or blocked ``--out``): one line naming the path and the fix, nothing written before lost;
+- 3: the sweep finished but some cells are ``failed`` or ``invalid``: tables are written, the
+  count is printed, and ``summary.csv``'s ``status``/``message`` columns say which and why;
+- 130: interrupted (finished cells are kept).
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -16,6 +26,14 @@ import click
 from .errors import UserError
 
 _DEBUG = False
+#: the folder or file the running command writes, named when an OS error carries no file name
+_WRITING: list[str] = []
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_CELLS_NOT_OK, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+class CellsNotOk(Exception):
+    """A sweep finished with cells that are not ``ok``: exit code 3 (results are written)."""
 
 
 def _echo_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
@@ -50,7 +68,8 @@ def models_cmd(pattern: str) -> None:
 
     names = list_models(pattern)
     if not names:
-        raise UserError(f"no model matches {pattern!r}: run `robustbench-lta models` for the full list")
+        raise UserError(f"no model matches {pattern!r}: {_did_you_mean(pattern, list_models())}"
+                        "run `robustbench-lta models` for the full list")
     rows = []
     for name in names:
         info = model_info(name)
@@ -88,12 +107,16 @@ def data_cmd(root: str | None) -> None:
 @click.option("--out", default=None, help="Output folder (default from the config, else runs/<model>).")
 def train_cmd(config: str, overrides: tuple[str, ...], out: str | None) -> None:
     """Train a model from a YAML CONFIG (see configs/train/)."""
-    from .config import TrainConfig, load_config
+    from .config import TrainConfig, check_device_available, load_config
     from .training.trainer import train
 
     cfg = load_config(TrainConfig, config, overrides)
     if out:
         cfg.out = out
+    check_device_available(cfg.device)
+    if cfg.out:
+        _check_out_folder(cfg.out, "--out")
+        _WRITING.append(str(cfg.out))
     result = train(cfg)
     click.echo(f"best test accuracy {result.best_acc:.2%}; checkpoint {result.best_path}")
 
@@ -130,13 +153,24 @@ def _parse_attack_flag(text: str) -> dict[str, Any]:
     name, _, rest = text.partition(":")
     if name in ("ta", "fb"):  # adapters keep their colon: ta:PGD or ta:PGD:steps=10
         cls, _, rest = rest.partition(":")
+        if not cls:
+            raise UserError(f"--attack {text!r}: name the library class, e.g. {name}:PGD")
         name = f"{name}:{cls}"
     params: dict[str, Any] = {}
     for item in filter(None, rest.split(",")):
         if "=" not in item:
             raise UserError(f"--attack {text!r}: parameters go as name:key=value,key=value")
         k, v = item.split("=", 1)
-        params[k] = yaml.safe_load(v)
+        k = k.strip()
+        if not k:
+            raise UserError(f"--attack {text!r}: a parameter has no name (write key=value)")
+        if k in params:  # keeping the last one silently would run a sweep nobody asked for
+            raise UserError(f"--attack {text!r}: parameter {k} is given twice; give it once")
+        try:
+            params[k] = yaml.safe_load(v) if v.strip() else ""
+        except yaml.YAMLError:
+            raise UserError(f"--attack {text!r}: the value of {k} ({v!r}) is not a number, word, "
+                            "true/false or [list]") from None
     return {"name": name, "params": params}
 
 
@@ -192,9 +226,72 @@ def sweep_cmd(config: str | None, models: tuple[str, ...], attacks: tuple[str, .
     if not raw.get("attacks"):
         raise UserError("no attacks given: pass --attack NAME (see `robustbench-lta attacks`)")
     cfg = validate(SweepConfig, raw, config or "sweep options")
+    _preflight(cfg)
     summary = run_with_executor(cfg, progress=not quiet)
     _print_summary(summary)
     click.echo(f"results in {summary.attrs.get('out_dir', cfg.out)}")
+    _raise_if_cells_not_ok(summary)
+
+
+def _did_you_mean(name: str, choices: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(str(name), choices, n=3, cutoff=0.5)
+    return f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+
+
+def _check_out_folder(out: str, flag: str) -> None:
+    """Refuse an output folder that cannot be created or written, before anything is created."""
+    path = Path(out).expanduser()
+    probe = path
+    while not probe.exists():  # the first existing ancestor decides whether mkdir can work
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        what = "is a file" if probe == path else f"lies below the file {probe}"
+        raise UserError(f"{flag} {out}: {what}, not a folder: choose a folder path, e.g. {flag} results/run1")
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {out}: {probe} is not writable (read-only or no permission): choose a "
+                        f"writable folder with {flag}")
+
+
+def _preflight(cfg: Any) -> None:
+    """Every check that needs no model or data, before anything is created or loaded.
+
+    Attack parameters (typed ``Params``), the device, the results folder and plain model names;
+    the engine repeats the attack check for API callers, so this only moves errors earlier.
+    """
+    from .config import check_device_available
+    from .models.registry import list_models
+    from .plugins.registry import discover, get_attack
+
+    discover([Path(p) for p in cfg.plugins])
+    for spec in cfg.attacks:
+        get_attack(spec.name, **spec.params)
+    check_device_available(cfg.device)
+    if cfg.out:
+        _check_out_folder(cfg.out, "--out")
+        _WRITING.append(str(cfg.out))
+    names = list_models()
+    for spec in cfg.models:
+        src = spec.source
+        # only plain names: paths, files and scheme sources (robustbench:, timm:) are the engine's
+        if re.fullmatch(r"[A-Za-z0-9_\-]+", src) and src not in names and not Path(src).exists():
+            raise UserError(f"unknown model {src!r}: {_did_you_mean(src, names)}it is neither a registered "
+                            "model name (`robustbench-lta models`) nor a checkpoint path")
+
+
+def _raise_if_cells_not_ok(summary: Any) -> None:
+    if "status" not in summary.columns or summary.empty:
+        return
+    status = summary["status"].astype(str)
+    bad = status[status != "ok"]
+    if bad.empty:
+        return
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(bad.value_counts().items()))
+    raise CellsNotOk(f"{len(bad)} of {len(status)} summary rows are not ok ({counts}): see the status and "
+                     "message columns of summary.csv; failed cells are retried when the command is re-run")
 
 
 def _print_summary(summary: Any) -> None:
@@ -219,8 +316,28 @@ def report_cmd(results: tuple[str, ...], out: str, title: str | None) -> None:
     """Make a comparison report (PDF + PNG figures + CSV/Markdown tables) from RESULTS folders."""
     from .reporting.pdf import build_report
 
+    for folder in results:
+        _check_attention_files(Path(folder))
+    _check_out_folder(str(Path(out).parent), "--out")
+    _WRITING.append(str(out))
     res = build_report([Path(r) for r in results], Path(out), title=title)
     click.echo(f"report: {res.pdf}")
+
+
+def _check_attention_files(folder: Path) -> None:
+    """A corrupt attention/*.npz is an error naming the file (decided: refuse rather than skip a section)."""
+    import numpy as np
+
+    for path in sorted((folder / "attention").glob("*.npz")):
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                for key in z.files:
+                    z[key]
+        except Exception as exc:  # zipfile.BadZipFile, EOFError, ValueError, OSError...
+            raise UserError(
+                f"{path} is corrupt ({type(exc).__name__}): delete it to build the report without that "
+                "model's attention maps, or re-run the sweep into a new folder to store them again"
+            ) from None
 
 
 # --------------------------------------------------------------------------------------- demo
@@ -252,31 +369,81 @@ def demo_cmd(skip_train: bool, quick: bool) -> None:
     res = build_report([Path(cfg.out or "results/demo")], root / "reports/demo.pdf",
                        title="robustbench-lta demo: VGG-16 vs VGG-16 + attention on cluttered digits")
     click.echo(f"report: {res.pdf}")
+    _raise_if_cells_not_ok(summary)
 
 
 # ------------------------------------------------------------------------------------- entry
+_ENV_ERRNOS = {
+    errno.ENOSPC: "no space left on the device: free some space or choose a folder on another disk",
+    errno.EDQUOT: "disk quota exceeded: free some space or choose a folder on another disk",
+    errno.EROFS: "the file system is read-only: choose a writable folder",
+    errno.EACCES: "permission denied: choose a folder you can write to",
+    errno.EPERM: "operation not permitted: choose a folder you can write to",
+    errno.ENOTDIR: "a file is in the way where a folder is needed: choose another path",
+    errno.EEXIST: "a file is in the way where a folder is needed: choose another path",
+    errno.EISDIR: "a folder is in the way where a file is needed: choose another path",
+    errno.ENAMETOOLONG: "the path is too long: choose a shorter one",
+}
+
+
+def environment_error_message(exc: OSError) -> str | None:
+    """One line for an OS error the user can fix (disk full, read-only, blocked path), else None."""
+    code = exc.errno
+    if code is None and "no space left on device" in str(exc).lower():  # pyarrow drops the errno
+        code = errno.ENOSPC
+    if code not in _ENV_ERRNOS:
+        return None
+    where = exc.filename or (f"into {_WRITING[-1]}" if _WRITING else "the results")
+    kept = " (files written before are kept; re-run the same command to resume)" if code in (
+        errno.ENOSPC, errno.EDQUOT) else ""
+    return f"cannot write {where}: {_ENV_ERRNOS[code]}{kept}"
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
 def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("default", category=UserWarning, module="robustbench_lta")
+    debug = "--debug" in (argv if argv is not None else sys.argv)
     try:
         cli.main(args=argv, prog_name="robustbench-lta", standalone_mode=False)
     except UserError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        click.echo(f"error: {_one_line(exc)}", err=True)
+        sys.exit(EXIT_USER)
+    except CellsNotOk as exc:
+        click.echo(f"sweep incomplete: {exc}", err=True)
+        sys.exit(EXIT_CELLS_NOT_OK)
     except click.exceptions.Abort:
         click.echo("interrupted", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except KeyboardInterrupt:
         click.echo("interrupted: finished cells are kept; re-run the same command to resume", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except Exception as exc:  # a bug: one line unless --debug
-        if _DEBUG or "--debug" in (argv if argv is not None else sys.argv):
+        sys.exit(EXIT_INTERRUPTED)
+    except click.exceptions.NoArgsIsHelpError as exc:  # a bare command asks for its help
+        click.echo(exc.format_message())
+        sys.exit(EXIT_OK)
+    except click.ClickException as exc:  # bad flags or arguments: one line, like every other user error
+        ctx = getattr(exc, "ctx", None)
+        command = ctx.command_path if ctx is not None else "robustbench-lta"
+        click.echo(f"error: {_one_line(exc.format_message())} (see `{command} --help`)", err=True)
+        sys.exit(EXIT_USER if exc.exit_code in (1, 2) else exc.exit_code)
+    except OSError as exc:
+        message = environment_error_message(exc)
+        if _DEBUG or debug:
             raise
-        click.echo(f"internal error: {type(exc).__name__}: {exc} (re-run with --debug for the traceback)",
-                   err=True)
-        sys.exit(1)
+        if message is None:
+            click.echo(f"internal error: {type(exc).__name__}: {_one_line(exc)} (re-run with --debug for "
+                       "the traceback)", err=True)
+            sys.exit(EXIT_INTERNAL)
+        click.echo(f"error: {message}", err=True)
+        sys.exit(EXIT_USER)
+    except Exception as exc:  # a bug: one line unless --debug
+        if _DEBUG or debug:
+            raise
+        click.echo(f"internal error: {type(exc).__name__}: {_one_line(exc)} (re-run with --debug for the "
+                   "traceback)", err=True)
+        sys.exit(EXIT_INTERNAL)
 
 
 if __name__ == "__main__":
