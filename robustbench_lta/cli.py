@@ -13,9 +13,6 @@ Exit codes (docs/errors.md has the full table):
 
 from __future__ import annotations
 
-import errno
-import os
-import re
 import sys
 import warnings
 from pathlib import Path
@@ -23,17 +20,21 @@ from typing import Any
 
 import click
 
+from .cli_checks import (
+    WRITING,
+    CellsNotOk,
+    check_attention_files,
+    check_out_folder,
+    did_you_mean,
+    environment_error_message,
+    preflight,
+    raise_if_cells_not_ok,
+)
 from .errors import UserError
 
 _DEBUG = False
-#: the folder or file the running command writes, named when an OS error carries no file name
-_WRITING: list[str] = []
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_CELLS_NOT_OK, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-
-
-class CellsNotOk(Exception):
-    """A sweep finished with cells that are not ``ok``: exit code 3 (results are written)."""
 
 
 def _echo_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
@@ -68,7 +69,7 @@ def models_cmd(pattern: str) -> None:
 
     names = list_models(pattern)
     if not names:
-        raise UserError(f"no model matches {pattern!r}: {_did_you_mean(pattern, list_models())}"
+        raise UserError(f"no model matches {pattern!r}: {did_you_mean(pattern, list_models())}"
                         "run `robustbench-lta models` for the full list")
     rows = []
     for name in names:
@@ -115,8 +116,8 @@ def train_cmd(config: str, overrides: tuple[str, ...], out: str | None) -> None:
         cfg.out = out
     check_device_available(cfg.device)
     if cfg.out:
-        _check_out_folder(cfg.out, "--out")
-        _WRITING.append(str(cfg.out))
+        check_out_folder(cfg.out, "--out")
+        WRITING.append(str(cfg.out))
     result = train(cfg)
     click.echo(f"best test accuracy {result.best_acc:.2%}; checkpoint {result.best_path}")
 
@@ -226,72 +227,11 @@ def sweep_cmd(config: str | None, models: tuple[str, ...], attacks: tuple[str, .
     if not raw.get("attacks"):
         raise UserError("no attacks given: pass --attack NAME (see `robustbench-lta attacks`)")
     cfg = validate(SweepConfig, raw, config or "sweep options")
-    _preflight(cfg)
+    preflight(cfg)
     summary = run_with_executor(cfg, progress=not quiet)
     _print_summary(summary)
     click.echo(f"results in {summary.attrs.get('out_dir', cfg.out)}")
-    _raise_if_cells_not_ok(summary)
-
-
-def _did_you_mean(name: str, choices: list[str]) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(str(name), choices, n=3, cutoff=0.5)
-    return f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
-
-
-def _check_out_folder(out: str, flag: str) -> None:
-    """Refuse an output folder that cannot be created or written, before anything is created."""
-    path = Path(out).expanduser()
-    probe = path
-    while not probe.exists():  # the first existing ancestor decides whether mkdir can work
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        what = "is a file" if probe == path else f"lies below the file {probe}"
-        raise UserError(f"{flag} {out}: {what}, not a folder: choose a folder path, e.g. {flag} results/run1")
-    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {out}: {probe} is not writable (read-only or no permission): choose a "
-                        f"writable folder with {flag}")
-
-
-def _preflight(cfg: Any) -> None:
-    """Every check that needs no model or data, before anything is created or loaded.
-
-    Attack parameters (typed ``Params``), the device, the results folder and plain model names;
-    the engine repeats the attack check for API callers, so this only moves errors earlier.
-    """
-    from .config import check_device_available
-    from .models.registry import list_models
-    from .plugins.registry import discover, get_attack
-
-    discover([Path(p) for p in cfg.plugins])
-    for spec in cfg.attacks:
-        get_attack(spec.name, **spec.params)
-    check_device_available(cfg.device)
-    if cfg.out:
-        _check_out_folder(cfg.out, "--out")
-        _WRITING.append(str(cfg.out))
-    names = list_models()
-    for spec in cfg.models:
-        src = spec.source
-        # only plain names: paths, files and scheme sources (robustbench:, timm:) are the engine's
-        if re.fullmatch(r"[A-Za-z0-9_\-]+", src) and src not in names and not Path(src).exists():
-            raise UserError(f"unknown model {src!r}: {_did_you_mean(src, names)}it is neither a registered "
-                            "model name (`robustbench-lta models`) nor a checkpoint path")
-
-
-def _raise_if_cells_not_ok(summary: Any) -> None:
-    if "status" not in summary.columns or summary.empty:
-        return
-    status = summary["status"].astype(str)
-    bad = status[status != "ok"]
-    if bad.empty:
-        return
-    counts = ", ".join(f"{k} {v}" for k, v in sorted(bad.value_counts().items()))
-    raise CellsNotOk(f"{len(bad)} of {len(status)} summary rows are not ok ({counts}): see the status and "
-                     "message columns of summary.csv; failed cells are retried when the command is re-run")
+    raise_if_cells_not_ok(summary)
 
 
 def _print_summary(summary: Any) -> None:
@@ -317,27 +257,11 @@ def report_cmd(results: tuple[str, ...], out: str, title: str | None) -> None:
     from .reporting.pdf import build_report
 
     for folder in results:
-        _check_attention_files(Path(folder))
-    _check_out_folder(str(Path(out).parent), "--out")
-    _WRITING.append(str(out))
+        check_attention_files(Path(folder))
+    check_out_folder(str(Path(out).parent), "--out")
+    WRITING.append(str(out))
     res = build_report([Path(r) for r in results], Path(out), title=title)
     click.echo(f"report: {res.pdf}")
-
-
-def _check_attention_files(folder: Path) -> None:
-    """A corrupt attention/*.npz is an error naming the file (decided: refuse rather than skip a section)."""
-    import numpy as np
-
-    for path in sorted((folder / "attention").glob("*.npz")):
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                for key in z.files:
-                    z[key]
-        except Exception as exc:  # zipfile.BadZipFile, EOFError, ValueError, OSError...
-            raise UserError(
-                f"{path} is corrupt ({type(exc).__name__}): delete it to build the report without that "
-                "model's attention maps, or re-run the sweep into a new folder to store them again"
-            ) from None
 
 
 # --------------------------------------------------------------------------------------- demo
@@ -369,36 +293,10 @@ def demo_cmd(skip_train: bool, quick: bool) -> None:
     res = build_report([Path(cfg.out or "results/demo")], root / "reports/demo.pdf",
                        title="robustbench-lta demo: VGG-16 vs VGG-16 + attention on cluttered digits")
     click.echo(f"report: {res.pdf}")
-    _raise_if_cells_not_ok(summary)
+    raise_if_cells_not_ok(summary)
 
 
 # ------------------------------------------------------------------------------------- entry
-_ENV_ERRNOS = {
-    errno.ENOSPC: "no space left on the device: free some space or choose a folder on another disk",
-    errno.EDQUOT: "disk quota exceeded: free some space or choose a folder on another disk",
-    errno.EROFS: "the file system is read-only: choose a writable folder",
-    errno.EACCES: "permission denied: choose a folder you can write to",
-    errno.EPERM: "operation not permitted: choose a folder you can write to",
-    errno.ENOTDIR: "a file is in the way where a folder is needed: choose another path",
-    errno.EEXIST: "a file is in the way where a folder is needed: choose another path",
-    errno.EISDIR: "a folder is in the way where a file is needed: choose another path",
-    errno.ENAMETOOLONG: "the path is too long: choose a shorter one",
-}
-
-
-def environment_error_message(exc: OSError) -> str | None:
-    """One line for an OS error the user can fix (disk full, read-only, blocked path), else None."""
-    code = exc.errno
-    if code is None and "no space left on device" in str(exc).lower():  # pyarrow drops the errno
-        code = errno.ENOSPC
-    if code not in _ENV_ERRNOS:
-        return None
-    where = exc.filename or (f"into {_WRITING[-1]}" if _WRITING else "the results")
-    kept = " (files written before are kept; re-run the same command to resume)" if code in (
-        errno.ENOSPC, errno.EDQUOT) else ""
-    return f"cannot write {where}: {_ENV_ERRNOS[code]}{kept}"
-
-
 def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
