@@ -154,11 +154,13 @@ def test_item9_a_sweep_with_failed_cells_exits_3_and_counts_them(tmp_path):
     plugins.mkdir()
     (plugins / "boom.py").write_text(textwrap.dedent(BOOM))
     out = tmp_path / "res"
+    # 40 samples: the untrained model gets 4 right, so the raising attack is really called
     code, stdout, err = run_cli("sweep", "--attack", "fgsm", "--attack", "boom-test", "--eps", "0,8",
-                                "--plugins", str(plugins), "--out", str(out), *TINY)
+                                "--plugins", str(plugins), "--out", str(out), *TINY, "--n", "40")
     line = one_error_line(err)
     summary = pd.read_csv(out / "summary.csv")  # the tables are still written
     not_ok = int((summary["status"] != "ok").sum())
+    assert not_ok >= 1 and "boom" in " ".join(summary["message"].fillna(""))
     assert code == 3, (code, err)
     assert line.startswith("sweep incomplete:") and f"{not_ok} of {len(summary)}" in line and "failed" in line
     assert "results in" in stdout

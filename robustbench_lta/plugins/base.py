@@ -23,14 +23,16 @@ import abc
 import contextlib
 import dataclasses
 import difflib
+import functools
 import inspect
 import operator
+import typing
 from collections.abc import Iterator, Sequence
 from enum import Enum
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from torch import nn
 
 from ..errors import UserError
@@ -85,6 +87,23 @@ def _schema_defaults(schema: type) -> dict[str, Any]:
     raise TypeError(f"Params must be an AttackParams (pydantic) subclass or a dataclass, got {schema!r}")
 
 
+@functools.cache
+def _as_model(schema: type) -> type[BaseModel]:
+    """The pydantic model that validates ``schema``; a dataclass gets a strict twin (same fields)."""
+    if issubclass(schema, BaseModel):
+        return schema
+    hints = typing.get_type_hints(schema)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(schema):
+        if f.default is not dataclasses.MISSING:
+            fields[f.name] = (hints.get(f.name, Any), f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            fields[f.name] = (hints.get(f.name, Any), Field(default_factory=f.default_factory))
+        else:
+            fields[f.name] = (hints.get(f.name, Any), ...)
+    return create_model(f"{schema.__name__}Params", __base__=AttackParams, **fields)
+
+
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
@@ -110,10 +129,7 @@ def validate_attack_params(
     if schema is None:
         return {**defaults, **params}
     try:
-        if issubclass(schema, BaseModel):
-            return schema.model_validate(params).model_dump()
-        value = TypeAdapter(schema).validate_python(params, strict=True)
-        return dataclasses.asdict(value)
+        return _as_model(schema).model_validate(params).model_dump()
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"]) or "(all)"
