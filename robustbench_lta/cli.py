@@ -29,6 +29,7 @@ from .cli_checks import (
     environment_error_message,
     preflight,
     raise_if_cells_not_ok,
+    sanity_warning,
 )
 from .errors import UserError
 
@@ -231,7 +232,14 @@ def sweep_cmd(config: str | None, models: tuple[str, ...], attacks: tuple[str, .
     summary = run_with_executor(cfg, progress=not quiet)
     _print_summary(summary)
     click.echo(f"results in {summary.attrs.get('out_dir', cfg.out)}")
+    _warn_sanity(summary)
     raise_if_cells_not_ok(summary)
+
+
+def _warn_sanity(summary: Any) -> None:
+    message = sanity_warning(summary)
+    if message:
+        click.echo(f"warning: {message}", err=True)
 
 
 def _print_summary(summary: Any) -> None:
@@ -293,6 +301,7 @@ def demo_cmd(skip_train: bool, quick: bool) -> None:
     res = build_report([Path(cfg.out or "results/demo")], root / "reports/demo.pdf",
                        title="robustbench-lta demo: VGG-16 vs VGG-16 + attention on cluttered digits")
     click.echo(f"report: {res.pdf}")
+    _warn_sanity(summary)
     raise_if_cells_not_ok(summary)
 
 

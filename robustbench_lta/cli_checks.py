@@ -123,3 +123,28 @@ def environment_error_message(exc: OSError) -> str | None:
     kept = " (files written before are kept; re-run the same command to resume)" if code in (
         errno.ENOSPC, errno.EDQUOT) else ""
     return f"cannot write {where}: {_ENV_ERRNOS[code]}{kept}"
+
+
+def sanity_warning(summary: Any) -> str | None:
+    """One line naming the failed sanity checks of a finished sweep (None when none failed).
+
+    A gradient-masked or random model yields `ok` cells with plausible numbers; the sanity table
+    knows better, so the CLI says so instead of a silent exit 0.
+    """
+    import pandas as pd
+
+    out_dir = getattr(summary, "attrs", {}).get("out_dir")
+    path = Path(out_dir) / "sanity.csv" if out_dir else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        sanity = pd.read_csv(path)
+    except Exception:  # an unreadable table is reported by `report`; do not fail the sweep here
+        return None
+    failed = sanity[sanity.get("status", pd.Series(dtype=str)) == "fail"]
+    if failed.empty:
+        return None
+    per_model = failed.groupby("model")["check"].apply(lambda c: ", ".join(sorted(set(map(str, c)))))
+    named = "; ".join(f"{m}: {c}" for m, c in per_model.items())
+    return (f"{len(failed)} sanity check(s) failed ({named}): these results may overstate robustness; "
+            f"see {path}")

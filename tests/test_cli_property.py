@@ -19,10 +19,12 @@ import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
-SETTINGS = settings(max_examples=250, deadline=None, derandomize=True, database=None,
+pytest.importorskip("hypothesis", reason="pip install -e '.[test]' (hypothesis is in the test extra)")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+SETTINGS = settings(max_examples=200, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 CASES = {"cli": 0, "yaml": 0}
 _TMP = Path(tempfile.mkdtemp(prefix="rbl-prop-"))

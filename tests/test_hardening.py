@@ -40,7 +40,8 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
 
 
 def one_error_line(stderr: str) -> str:
-    lines = [ln for ln in stderr.splitlines() if ln.strip() and "Warning" not in ln]
+    lines = [ln for ln in stderr.splitlines() if ln.strip() and "warning" not in ln.lower()
+             and not ln.startswith("  ")]  # warnings.warn() lines and the source line they quote
     assert len(lines) == 1, stderr
     assert "Traceback" not in stderr
     return lines[0]
