@@ -64,7 +64,9 @@ class AttackParams(BaseModel):
     ``steps: int = Field(10, ge=1)``.
     """
 
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", strict=True, allow_inf_nan=False, frozen=True, protected_namespaces=()
+    )
 
 
 def _schema_defaults(schema: type) -> dict[str, Any]:
@@ -118,7 +120,7 @@ def validate_attack_params(
     naming the attack, the parameter, the value, what is wrong and the known parameters.
     """
     known = sorted(_schema_defaults(schema) if schema is not None else defaults)
-    unknown = sorted(set(params) - set(known))
+    unknown = sorted(str(k) for k in set(params) - set(known))
     if unknown:
         close = difflib.get_close_matches(unknown[0], known, n=1, cutoff=0.6)
         hint = f" (did you mean {close[0]}?)" if close else ""
