@@ -67,8 +67,9 @@ def preflight(cfg: Any) -> None:
         src = spec.source
         # only plain names: paths, files and scheme sources (robustbench:, timm:) are the engine's
         if re.fullmatch(r"[A-Za-z0-9_\-]+", src) and src not in names and not Path(src).exists():
-            raise UserError(f"unknown model {src!r}: {did_you_mean(src, names)}it is neither a registered "
-                            "model name (`robustbench-lta models`) nor a checkpoint path")
+            raise UserError(f"model {src!r} is neither a checkpoint file nor a registered model name: "
+                            f"{did_you_mean(src, names)}see `robustbench-lta models` or pass a "
+                            ".safetensors/.json checkpoint or run folder")
 
 
 def raise_if_cells_not_ok(summary: Any) -> None:
