@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from robustbench_lta.plugins import Attack, AttackKind, ThreatModel, register_attack
+from robustbench_lta.plugins import Attack, AttackKind, AttackParams, ThreatModel, register_attack
 
 
 @register_attack
@@ -37,7 +38,12 @@ class APGDCE(Attack):
     kind = AttackKind.WHITE_BOX
     iterative = True
     randomized = True
-    defaults = {"steps": 100, "n_restarts": 1, "rho": 0.75, "eot_iter": 1}
+
+    class Params(AttackParams):
+        steps: int = Field(100, ge=1, description="iterations")
+        n_restarts: int = Field(1, ge=1, description="random restarts")
+        rho: float = Field(0.75, gt=0, le=1, description="step-size decrease condition")
+        eot_iter: int = Field(1, ge=1, description="gradient samples per step")
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         import torchattacks

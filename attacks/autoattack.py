@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
-from robustbench_lta.plugins import Attack, AttackKind, ThreatModel, register_attack
+from robustbench_lta.plugins import Attack, AttackKind, AttackParams, ThreatModel, register_attack
 
 
 @register_attack
@@ -35,6 +37,9 @@ class AutoAttack(Attack):
     iterative = True
     randomized = True
     defaults = {"version": "standard"}
+
+    class Params(AttackParams):
+        version: Literal["standard", "plus", "rand"] = "standard"
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         import torchattacks

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from robustbench_lta.plugins import Attack, AttackKind, ThreatModel, register_attack
+from robustbench_lta.plugins import Attack, AttackKind, AttackParams, ThreatModel, register_attack
 
 
 @register_attack
@@ -49,14 +50,14 @@ class Boundary(Attack):
     bounded = False
     iterative = True
     randomized = True
-    defaults = {
-        "steps": 5000,
-        "spherical_step": 0.01,
-        "source_step": 0.01,
-        "step_adaptation": 1.5,
-        "init_noise": 20,
-        "search_steps": 20,
-    }
+
+    class Params(AttackParams):
+        steps: int = Field(5000, ge=1, description="boundary-walk steps")
+        spherical_step: float = Field(0.01, gt=0, description="initial orthogonal step size")
+        source_step: float = Field(0.01, gt=0, description="initial step size towards the original")
+        step_adaptation: float = Field(1.5, gt=1, description="step-size adaptation factor")
+        init_noise: int = Field(20, ge=0, description="uniform-noise candidates per batch for the start")
+        search_steps: int = Field(20, ge=1, description="binary-search steps towards the boundary")
 
     @torch.no_grad()
     def _starting_points(

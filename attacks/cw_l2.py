@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from robustbench_lta.plugins import Attack, AttackKind, ThreatModel, register_attack
+from robustbench_lta.plugins import Attack, AttackKind, AttackParams, ThreatModel, register_attack
 
 
 @register_attack
@@ -36,7 +37,12 @@ class CWL2(Attack):
     kind = AttackKind.WHITE_BOX
     bounded = False
     iterative = True
-    defaults = {"c": 1.0, "kappa": 0.0, "steps": 50, "lr": 0.01}
+
+    class Params(AttackParams):
+        c: float = Field(1.0, gt=0, description="weight of the misclassification term")
+        kappa: float = Field(0.0, ge=0, description="confidence margin")
+        steps: int = Field(50, ge=1, description="optimisation steps")
+        lr: float = Field(0.01, gt=0, description="Adam learning rate")
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         import torchattacks

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from robustbench_lta.plugins import Attack, AttackKind, ThreatModel, register_attack
+from robustbench_lta.plugins import Attack, AttackKind, AttackParams, ThreatModel, register_attack
 
 
 @register_attack
@@ -39,7 +40,10 @@ class DeepFool(Attack):
     kind = AttackKind.WHITE_BOX
     bounded = False
     iterative = True
-    defaults = {"steps": 50, "overshoot": 0.02}
+
+    class Params(AttackParams):
+        steps: int = Field(50, ge=1, description="maximum linearisation steps")
+        overshoot: float = Field(0.02, ge=0, description="relative overshoot past the boundary")
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         steps, overshoot = int(self.params["steps"]), float(self.params["overshoot"])

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustbench_lta.plugins import Attack, AttackKind, ThreatModel, register_attack
+from robustbench_lta.plugins import Attack, AttackKind, AttackParams, ThreatModel, register_attack
 
 
 @register_attack
@@ -36,7 +36,9 @@ class FGML2(Attack):
     threat_model = ThreatModel.L2
     kind = AttackKind.WHITE_BOX
     multi_eps = True
-    defaults = {}
+
+    class Params(AttackParams):
+        """No parameters: eps comes from the sweep."""
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         return self.perturb_many(model, x, y, [eps])[0]

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustbench_lta.plugins import Attack, AttackKind, ThreatModel, register_attack
+from robustbench_lta.plugins import Attack, AttackKind, AttackParams, ThreatModel, register_attack
 
 
 @register_attack
@@ -36,7 +36,9 @@ class FGSM(Attack):
     threat_model = ThreatModel.LINF
     kind = AttackKind.WHITE_BOX
     multi_eps = True
-    defaults = {}
+
+    class Params(AttackParams):
+        """No parameters: eps comes from the sweep."""
 
     @staticmethod
     def gradient_sign(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field
 from torch import nn
 
 from robustbench_lta import UserError
-from robustbench_lta.plugins import Attack, AttackKind, ThreatModel, register_attack
+from robustbench_lta.plugins import Attack, AttackKind, AttackParams, ThreatModel, register_attack
 
 
 @register_attack
@@ -36,7 +39,10 @@ class GaussianNoise(Attack):
     threat_model = ThreatModel.LINF
     kind = AttackKind.RANDOM
     randomized = True
-    defaults = {"sigma": 1.0, "distribution": "gaussian"}
+
+    class Params(AttackParams):
+        sigma: float = Field(1.0, gt=0, description="standard deviation as a fraction of eps")
+        distribution: Literal["gaussian", "uniform"] = "gaussian"
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         eps = float(eps)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from robustbench_lta.plugins import Attack, AttackKind, ThreatModel, register_attack
+from robustbench_lta.plugins import Attack, AttackKind, AttackParams, ThreatModel, register_attack
 
 
 @register_attack
@@ -35,7 +36,11 @@ class MIFGSM(Attack):
     threat_model = ThreatModel.LINF
     kind = AttackKind.WHITE_BOX
     iterative = True
-    defaults = {"steps": 10, "alpha": None, "decay": 1.0}
+
+    class Params(AttackParams):
+        steps: int = Field(10, ge=1, description="iterations")
+        alpha: float | None = Field(None, gt=0, description="step size; None: eps / steps")
+        decay: float = Field(1.0, ge=0, description="momentum factor")
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         eps = float(eps)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from robustbench_lta.plugins import (
     Attack,
     AttackKind,
+    AttackParams,
     ThreatModel,
     projected_gradient_ascent,
     register_attack,
@@ -44,7 +46,12 @@ class PGDLinf(Attack):
     kind = AttackKind.WHITE_BOX
     iterative = True
     randomized = True
-    defaults = {"steps": 10, "alpha": None, "restarts": 1, "random_start": True}
+
+    class Params(AttackParams):
+        steps: int = Field(10, ge=1, description="gradient steps per restart")
+        alpha: float | None = Field(None, gt=0, description="step size; None: 2.5 * eps / steps")
+        restarts: int = Field(1, ge=1, description="random restarts, best kept per sample")
+        random_start: bool = Field(True, description="start at a random point of the ball")
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         eps = float(eps)

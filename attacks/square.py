@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field
 from torch import nn
 
-from robustbench_lta.plugins import Attack, AttackKind, ThreatModel, register_attack
+from robustbench_lta.plugins import Attack, AttackKind, AttackParams, ThreatModel, register_attack
 
 
 @register_attack
@@ -37,7 +40,12 @@ class Square(Attack):
     kind = AttackKind.SCORE
     iterative = True
     randomized = True
-    defaults = {"n_queries": 5000, "n_restarts": 1, "p_init": 0.8, "loss": "margin"}
+
+    class Params(AttackParams):
+        n_queries: int = Field(5000, ge=1, description="query budget per sample")
+        n_restarts: int = Field(1, ge=1, description="restarts")
+        p_init: float = Field(0.8, gt=0, le=1, description="initial fraction of pixels per square")
+        loss: Literal["margin", "ce"] = "margin"
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         import torchattacks

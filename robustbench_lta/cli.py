@@ -1,7 +1,14 @@
 """The ``robustbench-lta`` command line: models, data, train, attacks, sweep, report, demo.
 
-Errors meant for users (:class:`UserError`) print as one line and exit with code 2; anything else
-is a bug and prints its traceback only under ``--debug`` (exit code 1).
+Exit codes (docs/errors.md has the full table):
+
+- 0: done, every cell ``ok``;
+- 1: internal error (a bug): one line, the traceback under ``--debug``;
+- 2: bad input (:class:`UserError`) or an environment problem the user can fix (disk full, a
+  read-only or blocked ``--out``): one line naming the path and the fix, nothing written before lost;
+- 3: the sweep finished but some cells are ``failed`` or ``invalid``: tables are written, the
+  count is printed, and ``summary.csv``'s ``status``/``message`` columns say which and why;
+- 130: interrupted (finished cells are kept).
 """
 
 from __future__ import annotations
@@ -13,9 +20,22 @@ from typing import Any
 
 import click
 
+from .cli_checks import (
+    WRITING,
+    CellsNotOk,
+    check_attention_files,
+    check_out_folder,
+    did_you_mean,
+    environment_error_message,
+    preflight,
+    raise_if_cells_not_ok,
+    sanity_warning,
+)
 from .errors import UserError
 
 _DEBUG = False
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_CELLS_NOT_OK, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 def _echo_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
@@ -50,7 +70,8 @@ def models_cmd(pattern: str) -> None:
 
     names = list_models(pattern)
     if not names:
-        raise UserError(f"no model matches {pattern!r}: run `robustbench-lta models` for the full list")
+        raise UserError(f"no model matches {pattern!r}: {did_you_mean(pattern, list_models())}"
+                        "run `robustbench-lta models` for the full list")
     rows = []
     for name in names:
         info = model_info(name)
@@ -90,13 +111,17 @@ def data_cmd(root: str | None) -> None:
               "torchrun --nproc-per-node N -m robustbench_lta train CONFIG (used there even without it).")
 def train_cmd(config: str, overrides: tuple[str, ...], out: str | None, ddp: bool) -> None:
     """Train a model from a YAML CONFIG (see configs/train/)."""
-    from .config import TrainConfig, load_config
+    from .config import TrainConfig, check_device_available, load_config
     from .training import distributed
     from .training.trainer import train
 
     cfg = load_config(TrainConfig, config, overrides)
     if out:
         cfg.out = out
+    check_device_available(cfg.device)
+    if cfg.out:
+        check_out_folder(cfg.out, "--out")
+        WRITING.append(str(cfg.out))
     ctx = distributed.init_from_env(cfg.device, required=ddp)
     ok = False
     try:
@@ -169,13 +194,24 @@ def _parse_attack_flag(text: str) -> dict[str, Any]:
     name, _, rest = text.partition(":")
     if name in ("ta", "fb"):  # adapters keep their colon: ta:PGD or ta:PGD:steps=10
         cls, _, rest = rest.partition(":")
+        if not cls:
+            raise UserError(f"--attack {text!r}: name the library class, e.g. {name}:PGD")
         name = f"{name}:{cls}"
     params: dict[str, Any] = {}
     for item in filter(None, rest.split(",")):
         if "=" not in item:
             raise UserError(f"--attack {text!r}: parameters go as name:key=value,key=value")
         k, v = item.split("=", 1)
-        params[k] = yaml.safe_load(v)
+        k = k.strip()
+        if not k:
+            raise UserError(f"--attack {text!r}: a parameter has no name (write key=value)")
+        if k in params:  # keeping the last one silently would run a sweep nobody asked for
+            raise UserError(f"--attack {text!r}: parameter {k} is given twice; give it once")
+        try:
+            params[k] = yaml.safe_load(v) if v.strip() else ""
+        except yaml.YAMLError:
+            raise UserError(f"--attack {text!r}: the value of {k} ({v!r}) is not a number, word, "
+                            "true/false or [list]") from None
     return {"name": name, "params": params}
 
 
@@ -244,10 +280,19 @@ def sweep_cmd(config: str | None, models: tuple[str, ...], attacks: tuple[str, .
     if not raw.get("attacks"):
         raise UserError("no attacks given: pass --attack NAME (see `robustbench-lta attacks`)")
     cfg = validate(SweepConfig, raw, config or "sweep options")
+    preflight(cfg)
     click.echo(_setup_line("sweep", cfg.device, cfg.amp, cfg.channels_last, cfg.compile))
     summary = run_with_executor(cfg, progress=not quiet)
     _print_summary(summary)
     click.echo(f"results in {summary.attrs.get('out_dir', cfg.out)}")
+    _warn_sanity(summary)
+    raise_if_cells_not_ok(summary)
+
+
+def _warn_sanity(summary: Any) -> None:
+    message = sanity_warning(summary)
+    if message:
+        click.echo(f"warning: {message}", err=True)
 
 
 def _print_summary(summary: Any) -> None:
@@ -272,6 +317,10 @@ def report_cmd(results: tuple[str, ...], out: str, title: str | None) -> None:
     """Make a comparison report (PDF + PNG figures + CSV/Markdown tables) from RESULTS folders."""
     from .reporting.pdf import build_report
 
+    for folder in results:
+        check_attention_files(Path(folder))
+    check_out_folder(str(Path(out).parent), "--out")
+    WRITING.append(str(out))
     res = build_report([Path(r) for r in results], Path(out), title=title)
     click.echo(f"report: {res.pdf}")
 
@@ -306,31 +355,56 @@ def demo_cmd(skip_train: bool, quick: bool) -> None:
     res = build_report([Path(cfg.out or "results/demo")], root / "reports/demo.pdf",
                        title="robustbench-lta demo: VGG-16 vs VGG-16 + attention on cluttered digits")
     click.echo(f"report: {res.pdf}")
+    _warn_sanity(summary)
+    raise_if_cells_not_ok(summary)
 
 
 # ------------------------------------------------------------------------------------- entry
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
 def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("default", category=UserWarning, module="robustbench_lta")
+    debug = "--debug" in (argv if argv is not None else sys.argv)
     try:
         cli.main(args=argv, prog_name="robustbench-lta", standalone_mode=False)
     except UserError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        click.echo(f"error: {_one_line(exc)}", err=True)
+        sys.exit(EXIT_USER)
+    except CellsNotOk as exc:
+        click.echo(f"sweep incomplete: {exc}", err=True)
+        sys.exit(EXIT_CELLS_NOT_OK)
     except click.exceptions.Abort:
         click.echo("interrupted", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except KeyboardInterrupt:
         click.echo("interrupted: finished cells are kept; re-run the same command to resume", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except Exception as exc:  # a bug: one line unless --debug
-        if _DEBUG or "--debug" in (argv if argv is not None else sys.argv):
+        sys.exit(EXIT_INTERRUPTED)
+    except click.exceptions.NoArgsIsHelpError as exc:  # a bare command asks for its help
+        click.echo(exc.format_message())
+        sys.exit(EXIT_OK)
+    except click.ClickException as exc:  # bad flags or arguments: one line, like every other user error
+        ctx = getattr(exc, "ctx", None)
+        command = ctx.command_path if ctx is not None else "robustbench-lta"
+        click.echo(f"error: {_one_line(exc.format_message())} (see `{command} --help`)", err=True)
+        sys.exit(EXIT_USER if exc.exit_code in (1, 2) else exc.exit_code)
+    except OSError as exc:
+        message = environment_error_message(exc)
+        if _DEBUG or debug:
             raise
-        click.echo(f"internal error: {type(exc).__name__}: {exc} (re-run with --debug for the traceback)",
-                   err=True)
-        sys.exit(1)
+        if message is None:
+            click.echo(f"internal error: {type(exc).__name__}: {_one_line(exc)} (re-run with --debug for "
+                       "the traceback)", err=True)
+            sys.exit(EXIT_INTERNAL)
+        click.echo(f"error: {message}", err=True)
+        sys.exit(EXIT_USER)
+    except Exception as exc:  # a bug: one line unless --debug
+        if _DEBUG or debug:
+            raise
+        click.echo(f"internal error: {type(exc).__name__}: {_one_line(exc)} (re-run with --debug for the "
+                   "traceback)", err=True)
+        sys.exit(EXIT_INTERNAL)
 
 
 if __name__ == "__main__":

@@ -60,6 +60,12 @@ class TrainConfig(_Strict):
     seed: int = 0
     device: str = "auto"
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+
+    @field_validator("device")
+    @classmethod
+    def _device_ok(cls, v: str) -> str:
+        return check_device_name(v)
+
     channels_last: bool = True
     num_workers: int = Field(0, ge=0)
     eval_every: int = Field(1, gt=0)
@@ -76,6 +82,46 @@ class SweepModelSpec(_Strict):
     num_classes: int | None = Field(None, gt=0)
 
 
+def _check_eps_list(v: list[float], what: str) -> list[float]:
+    """Shared by the sweep's and each attack's eps: non-empty, finite, >= 0; sorted, deduplicated."""
+    if not v:
+        raise ValueError(f"give at least one eps{what}")
+    if any((not math.isfinite(e)) or e < 0 for e in v):
+        raise ValueError("eps values must be finite and >= 0")
+    return sorted(set(v))
+
+
+def check_device_name(device: str) -> str:
+    """Syntax only (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``): portable across machines."""
+    text = str(device).strip().lower()
+    if text in ("auto", "cpu", "cuda", "mps") or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text
+    raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
+
+
+def check_device_available(device: str) -> None:
+    """Raise :class:`UserError` when ``device`` names hardware this machine lacks.
+
+    Called by the CLI before anything is created (no results folder is left behind); kept out of
+    the pydantic models so a config or manifest written on a GPU machine still loads elsewhere.
+    """
+    text = check_device_name(device) if device else "auto"
+    if text in ("auto", "cpu"):
+        return
+    import torch
+
+    if text.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"device {device!r} asked for but CUDA is not available here: use --device cpu "
+                            "(or auto)")
+        index = int(text[5:]) if ":" in text else 0
+        if index >= torch.cuda.device_count():
+            raise UserError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here "
+                            f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    elif text == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError(f"device {device!r} asked for but MPS is not available here: use --device cpu")
+
+
 class SweepAttackSpec(_Strict):
     name: str = Field(description="attack name from `robustbench-lta attacks`, or ta:Class / fb:Class")
     label: str | None = Field(None, description="name in the results (default: the attack name)")
@@ -84,12 +130,20 @@ class SweepAttackSpec(_Strict):
         None, description="this attack's own eps list (same scale as the sweep's eps)"
     )
 
+    @field_validator("eps")
+    @classmethod
+    def _eps_ok(cls, v: list[float] | None) -> list[float] | None:
+        # an empty list would silently drop the attack from every table: refuse it like the global one
+        return None if v is None else _check_eps_list(v, " (or drop `eps:` to use the sweep's list)")
+
 
 class SweepConfig(_Strict):
     models: list[SweepModelSpec] = Field(min_length=1)
     attacks: list[SweepAttackSpec] = Field(min_length=1)
     eps: list[float] = Field(default_factory=lambda: [0, 1, 2, 4, 8])
-    eps_scale: float = Field(255.0, gt=0, description="eps values are divided by this (255: pixel units)")
+    eps_scale: float = Field(
+        255.0, gt=0, allow_inf_nan=False, description="eps values are divided by this (255: pixel units)"
+    )
     data: DataSpec | None = Field(None, description="default: the dataset named in the first model's card")
     n: int = Field(1000, gt=0, description="number of test samples")
     batch_size: int = Field(256, gt=0)
@@ -132,11 +186,12 @@ class SweepConfig(_Strict):
     @field_validator("eps")
     @classmethod
     def _eps_ok(cls, v: list[float]) -> list[float]:
-        if not v:
-            raise ValueError("give at least one eps")
-        if any((not math.isfinite(e)) or e < 0 for e in v):
-            raise ValueError("eps values must be finite and >= 0")
-        return sorted(set(v))
+        return _check_eps_list(v, "")
+
+    @field_validator("device")
+    @classmethod
+    def _device_ok(cls, v: str) -> str:
+        return check_device_name(v)
 
     @model_validator(mode="after")
     def _unique_labels(self) -> SweepConfig:
@@ -162,7 +217,8 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
     value = err.get("input")
     shown = f" (got {value!r})" if value is not None and not isinstance(value, dict) else ""
     more = f" (+{len(exc.errors()) - 1} more problems)" if len(exc.errors()) > 1 else ""
-    return f"{source}: bad value for '{loc}': {err['msg']}{shown}{more}"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{source}: bad value for '{loc}': {msg}{shown}{more}"
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -195,12 +251,43 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
     return data
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice in one mapping: keep one", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load_unique(text: str) -> Any:
+    """``yaml.safe_load`` that raises ``yaml.YAMLError`` on duplicate mapping keys."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(
+            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}): "
+            "save the file as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be read ({exc.strerror or exc}): check its permissions") from None
+    try:
+        data = safe_load_unique(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

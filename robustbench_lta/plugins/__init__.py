@@ -7,7 +7,7 @@ Everything a plugin author needs is importable from here::
 
 from __future__ import annotations
 
-from .base import Attack, AttackKind, ThreatModel
+from .base import Attack, AttackKind, AttackParams, ThreatModel, validate_attack_params
 from .iterative import BestIterate, projected_gradient_ascent
 from .registry import AttackInfo, discover, get_attack, get_attack_class, list_attacks, register_attack
 from .verify import Verification, perturbation_norms, verify_batch
@@ -16,6 +16,7 @@ __all__ = [
     "Attack",
     "AttackInfo",
     "AttackKind",
+    "AttackParams",
     "BestIterate",
     "ThreatModel",
     "Verification",
@@ -26,5 +27,6 @@ __all__ = [
     "perturbation_norms",
     "projected_gradient_ascent",
     "register_attack",
+    "validate_attack_params",
     "verify_batch",
 ]

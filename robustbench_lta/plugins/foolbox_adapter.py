@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .base import Attack, AttackKind, ThreatModel
+from .base import Attack, AttackKind, ThreatModel, params_from_signature
 
 _HIDDEN = {"init_attack", "distance", "tensorboard"}
 _DECISION = {
@@ -209,6 +209,8 @@ def foolbox_attack_class(class_name: str, params: dict[str, Any] | None = None) 
         "randomized": bool(defaults.get("random_start")) or _kind(class_name) != AttackKind.WHITE_BOX,
         "multi_eps": bounded,
         "defaults": defaults,
+        # typed from the library's signature: a bad value fails at plan time, not mid-sweep
+        "Params": params_from_signature(f"FB_{class_name}_Params", defaults),
         "library_class": lib_cls,
         "required": frozenset(required),
         "takes_distance": takes_distance,

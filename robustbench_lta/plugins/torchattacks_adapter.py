@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .base import Attack, AttackKind, ThreatModel
+from .base import Attack, AttackKind, ThreatModel, params_from_signature
 
 _EPS_KEYWORDS = ("eps", "max_epsilon")
 _ITER_KEYWORDS = ("steps", "n_queries", "num_iter_set", "max_iterations", "nb_iter", "restarts")
@@ -203,6 +203,8 @@ def torchattacks_attack_class(class_name: str, params: dict[str, Any] | None = N
         "randomized": randomized,
         "multi_eps": False,
         "defaults": defaults,
+        # typed from the library's signature: a bad value fails at plan time, not mid-sweep
+        "Params": params_from_signature(f"TA_{class_name}_Params", defaults),
         "library_class": lib_cls,
         "eps_keyword": eps_keyword,
         "signature": sig,
