@@ -17,6 +17,22 @@ from .errors import UserError
 
 _DEBUG = False
 
+_PLUGINS_OPTION = click.option(
+    "--plugins", "plugin_paths", multiple=True, type=click.Path(),
+    help="A .py file or a folder of them to load first (repeatable); it may register models, datasets "
+         "and attacks.")
+_THREADS_OPTION = click.option(
+    "--threads", type=click.IntRange(min=1), default=None,
+    help="CPU threads for torch (default: every core this process may use). Two jobs on the same "
+         "cores: give each its share.")
+
+
+def _load_plugins(paths: tuple[str, ...] | list[str]) -> None:
+    """The one discovery step for every command: built-ins, entry points and --plugins files."""
+    from .plugins.registry import discover
+
+    discover([Path(p) for p in paths])
+
 
 def _echo_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     from rich.console import Console
@@ -42,12 +58,14 @@ def cli(debug: bool) -> None:
 # ------------------------------------------------------------------------------------- models
 @cli.command("models")
 @click.argument("pattern", default="*")
-def models_cmd(pattern: str) -> None:
+@_PLUGINS_OPTION
+def models_cmd(pattern: str, plugin_paths: tuple[str, ...]) -> None:
     """List registered models (optionally matching PATTERN, e.g. 'vgg16_att*')."""
     import torch
 
     from .models.registry import create_model, list_models, model_info
 
+    _load_plugins(plugin_paths)
     names = list_models(pattern)
     if not names:
         raise UserError(f"no model matches {pattern!r}: run `robustbench-lta models` for the full list")
@@ -58,26 +76,30 @@ def models_cmd(pattern: str) -> None:
             model = create_model(name, num_classes=10)
         params = sum(p.numel() for p in model.parameters())
         rows.append([name, info.family, info.attention_levels or "-", info.compatibility or "-",
-                     info.head or "-", f"{params / 1e6:.2f}M"])
+                     info.head or "-", f"{params / 1e6:.2f}M", info.source])
     _echo_table(f"{len(names)} models", ["name", "family", "attention levels", "compatibility", "head",
-                                         "params (10 classes)"], rows)
+                                         "params (10 classes)", "source"], rows)
 
 
 # --------------------------------------------------------------------------------------- data
 @cli.command("data")
-@click.option("--root", default=None, help="Where torchvision datasets live (default ./data).")
-def data_cmd(root: str | None) -> None:
+@click.option("--root", default=None,
+              help="Where torchvision datasets live (default $ROBUSTBENCH_LTA_DATA, else ./data).")
+@_PLUGINS_OPTION
+def data_cmd(root: str | None, plugin_paths: tuple[str, ...]) -> None:
     """List datasets and whether each is available locally."""
     from .data.registry import dataset_available, list_datasets
 
+    _load_plugins(plugin_paths)
     rows = []
     for info in list_datasets():
         ok = dataset_available(info.name, root=root)
         rows.append([info.name, info.num_classes, f"{info.image_size}", "yes" if ok else "no",
-                     info.description])
-    rows.append(["imagefolder:PATH", "-", "-", "-", "any folder of class subfolders (ImageFolder layout)"])
-    rows.append(["npz:PATH", "-", "-", "-", "arrays x (uint8 NHWC) and y"])
-    _echo_table("datasets", ["name", "classes", "size", "available", "description"], rows)
+                     info.description, info.source])
+    rows.append(["imagefolder:PATH", "-", "-", "-", "any folder of class subfolders (ImageFolder layout)",
+                 "scheme"])
+    rows.append(["npz:PATH", "-", "-", "-", "arrays x (uint8 NHWC) and y", "scheme"])
+    _echo_table("datasets", ["name", "classes", "size", "available", "description", "source"], rows)
 
 
 # -------------------------------------------------------------------------------------- train
@@ -86,27 +108,34 @@ def data_cmd(root: str | None) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config key (repeatable), e.g. --set epochs=5 --set model.width=0.5")
 @click.option("--out", default=None, help="Output folder (default from the config, else runs/<model>).")
-def train_cmd(config: str, overrides: tuple[str, ...], out: str | None) -> None:
-    """Train a model from a YAML CONFIG (see configs/train/)."""
-    from .config import TrainConfig, load_config
+@_PLUGINS_OPTION
+@_THREADS_OPTION
+def train_cmd(config: str, overrides: tuple[str, ...], out: str | None, plugin_paths: tuple[str, ...],
+              threads: int | None) -> None:
+    """Train a model from a YAML CONFIG (see configs/train/ and docs/config.md)."""
+    from .config import TrainConfig, apply_threads, load_config
     from .training.trainer import train
 
     cfg = load_config(TrainConfig, config, overrides)
     if out:
         cfg.out = out
+    if plugin_paths:
+        cfg.plugins = [*cfg.plugins, *plugin_paths]
+    _load_plugins(cfg.plugins)
+    # the number in use is recorded in the config (and so in the card's training section)
+    cfg.threads = apply_threads(threads or cfg.threads)
     result = train(cfg)
     click.echo(f"best test accuracy {result.best_acc:.2%}; checkpoint {result.best_path}")
 
 
 # ------------------------------------------------------------------------------------ attacks
 @cli.command("attacks")
-@click.option("--plugins", "plugin_dirs", multiple=True, type=click.Path(file_okay=False),
-              help="Extra plugin folder (repeatable).")
-def attacks_cmd(plugin_dirs: tuple[str, ...]) -> None:
+@_PLUGINS_OPTION
+def attacks_cmd(plugin_paths: tuple[str, ...]) -> None:
     """List every discovered attack with its threat model and source."""
-    from .plugins.registry import discover, list_attacks
+    from .plugins.registry import list_attacks
 
-    discover([Path(p) for p in plugin_dirs])
+    _load_plugins(plugin_paths)
     rows = [[a.name, a.threat_model, a.kind, "yes" if a.bounded else "no (minimal norm)", a.source,
              a.summary] for a in list_attacks()]
     rows.append(["ta:<Class>", "from class", "-", "-", "adapter", "any torchattacks attack, params passed"])
@@ -154,17 +183,18 @@ def _parse_attack_flag(text: str) -> dict[str, Any]:
 @click.option("--seed", type=int, default=None)
 @click.option("--accounting", type=click.Choice(["worst-case", "per-attack"]), default=None)
 @click.option("--executor", type=click.Choice(["local", "ray"]), default=None)
-@click.option("--plugins", "plugin_dirs", multiple=True, type=click.Path(file_okay=False),
-              help="Extra plugin folder (repeatable).")
+@_PLUGINS_OPTION
+@_THREADS_OPTION
 @click.option("--out", default=None, help="Results folder (default results/<config name> or results/sweep).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def sweep_cmd(config: str | None, models: tuple[str, ...], attacks: tuple[str, ...], eps: str | None,
               eps_scale: float | None, data: str | None, n: int | None, batch_size: int | None,
               device: str | None, seed: int | None, accounting: str | None, executor: str | None,
-              plugin_dirs: tuple[str, ...], out: str | None, overrides: tuple[str, ...], quiet: bool) -> None:
+              plugin_paths: tuple[str, ...], threads: int | None, out: str | None,
+              overrides: tuple[str, ...], quiet: bool) -> None:
     """Run models x attacks x eps (from a YAML CONFIG and/or flags) into a results folder."""
-    from .config import SweepConfig, apply_overrides, read_yaml, validate
+    from .config import SweepConfig, apply_overrides, apply_threads, read_yaml, validate
     from .engine.executors import run_with_executor
 
     raw: dict[str, Any] = read_yaml(config) if config else {}
@@ -180,8 +210,10 @@ def sweep_cmd(config: str | None, models: tuple[str, ...], attacks: tuple[str, .
                        ("seed", seed), ("accounting", accounting), ("executor", executor)):
         if value is not None:
             raw[key] = value
-    if plugin_dirs:
-        raw["plugins"] = list(raw.get("plugins") or []) + list(plugin_dirs)
+    if plugin_paths:
+        raw["plugins"] = list(raw.get("plugins") or []) + list(plugin_paths)
+    if threads is not None:
+        raw["threads"] = threads
     if out is not None:
         raw["out"] = out
     elif not raw.get("out"):
@@ -192,6 +224,9 @@ def sweep_cmd(config: str | None, models: tuple[str, ...], attacks: tuple[str, .
     if not raw.get("attacks"):
         raise UserError("no attacks given: pass --attack NAME (see `robustbench-lta attacks`)")
     cfg = validate(SweepConfig, raw, config or "sweep options")
+    _load_plugins(cfg.plugins)  # before the engine, so models named by plugins resolve
+    # the number in use goes into the config, so the manifest records it
+    cfg.threads = apply_threads(cfg.threads)
     summary = run_with_executor(cfg, progress=not quiet)
     _print_summary(summary)
     click.echo(f"results in {summary.attrs.get('out_dir', cfg.out)}")

@@ -7,6 +7,7 @@ Configs are validated once, here; every later stage trusts them. Validation prob
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -20,6 +21,38 @@ C = TypeVar("C", bound=BaseModel)
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+def default_threads() -> int:
+    """The CPU cores this process may use (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def apply_threads(threads: int | None) -> int:
+    """Set torch's intra-op threads (None: :func:`default_threads`); returns the number now in use.
+
+    Two torch jobs that each use every core of the same machine slow each other down far more than
+    twice (threads spin while waiting for each other): give each job its share with ``threads``.
+    """
+    import torch
+
+    n = int(threads) if threads else default_threads()
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
+_THREADS_HELP = (
+    "CPU threads torch uses (default: every core this process may use); give each of two jobs "
+    "sharing a machine its own share, e.g. 1 each on 2 cores"
+)
+_PLUGINS_HELP = (
+    "plugin files or folders to load first (every *.py in a folder): they may register models, "
+    "datasets and attacks"
+)
 
 
 # ----------------------------------------------------------------------------------------- train
@@ -63,6 +96,8 @@ class TrainConfig(_Strict):
     channels_last: bool = True
     num_workers: int = Field(0, ge=0)
     eval_every: int = Field(1, gt=0)
+    threads: int | None = Field(None, ge=1, description=_THREADS_HELP)
+    plugins: list[str] = Field(default_factory=list, description=_PLUGINS_HELP)
     out: str | None = Field(None, description="output folder (default runs/<model name>)")
 
 
@@ -100,7 +135,8 @@ class SweepConfig(_Strict):
         description="worst-case: a sample broken at a smaller eps counts as broken at larger eps and is "
         "not attacked again; per-attack: every clean-correct sample is attacked at every eps",
     )
-    plugins: list[str] = Field(default_factory=list, description="extra plugin folders")
+    plugins: list[str] = Field(default_factory=list, description=_PLUGINS_HELP)
+    threads: int | None = Field(None, ge=1, description=_THREADS_HELP)
     executor: Literal["local", "ray"] = "local"
     attention_samples: int = Field(8, ge=0, description="images whose attention maps are stored")
     sanity_samples: int = Field(

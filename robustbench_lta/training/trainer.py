@@ -66,6 +66,8 @@ RESUMABLE_CHANGES = frozenset(
         "out",
         "data.root",
         "data.download",
+        "threads",
+        "plugins",
     }
 )
 #: Keep a whole split on the GPU when it is smaller than this (else gather batches on the CPU).
