@@ -191,6 +191,17 @@ class DatasetInfo:
 
 
 _REGISTRY: dict[str, DatasetInfo] = {}
+_SCHEME_LOADERS: dict[str, Callable[..., ImageDataset]] = {}
+
+
+def register_scheme(scheme: str, loader: Callable[..., ImageDataset]) -> None:
+    """The loader ``fn(path, split=, n=, name=, **kw)`` behind ``scheme:PATH`` (a key of DATASET_SCHEMES).
+
+    The implementations call this (``imagefolder.py``), so this module never imports them.
+    """
+    if scheme not in DATASET_SCHEMES:
+        raise ValueError(f"unknown dataset scheme {scheme!r}: add its description to DATASET_SCHEMES")
+    _SCHEME_LOADERS[scheme] = loader
 
 
 def register_dataset(
@@ -316,9 +327,7 @@ def load_dataset(
         raise UserError(f"n must be a positive integer, got {n!r}")
     scheme, _, path = name.partition(":")
     if path and scheme in DATASET_SCHEMES:
-        from . import imagefolder
-
-        loader = imagefolder.load_imagefolder if scheme == "imagefolder" else imagefolder.load_npz
+        loader = _SCHEME_LOADERS[scheme]
         _check_kwargs(loader, name, kw)
         ds = loader(path, split=split, n=n, name=name, **kw)
     else:
