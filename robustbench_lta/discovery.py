@@ -153,7 +153,9 @@ def plugin_files(path: str | Path) -> tuple[str, list[Path]]:
     """``(source, files)`` for one ``--plugins`` argument: a ``.py`` file or a folder of them."""
     root = Path(path).expanduser()
     if not root.exists():
-        raise UserError(f"plugin path {root} does not exist; pass an existing folder or .py file to --plugins")
+        raise UserError(
+            f"plugin path {root} does not exist; pass an existing folder or .py file to --plugins"
+        )
     root = root.resolve()
     if root.is_file():
         if root.suffix != ".py":
