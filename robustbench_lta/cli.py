@@ -72,11 +72,14 @@ def models_cmd(pattern: str, plugin_paths: tuple[str, ...]) -> None:
     rows = []
     for name in names:
         info = model_info(name)
-        with torch.device("meta"):  # count parameters without allocating weights
-            model = create_model(name, num_classes=10)
-        params = sum(p.numel() for p in model.parameters())
+        try:
+            with torch.device("meta"):  # count parameters without allocating weights
+                model = create_model(name, num_classes=10)
+            params = f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M"
+        except Exception:  # a user's builder that cannot run on the meta device: still list it
+            params = "?"
         rows.append([name, info.family, info.attention_levels or "-", info.compatibility or "-",
-                     info.head or "-", f"{params / 1e6:.2f}M", info.source])
+                     info.head or "-", params, info.source])
     _echo_table(f"{len(names)} models", ["name", "family", "attention levels", "compatibility", "head",
                                          "params (10 classes)", "source"], rows)
 

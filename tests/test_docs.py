@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import shlex
 import shutil
 import subprocess
@@ -217,7 +218,11 @@ def test_doc_blocks_run(doc: Path, tmp_path: Path) -> None:
     shutil.copytree(ROOT / "configs", work / "configs")
     (work / "benchmarks").symlink_to(ROOT / "benchmarks")
     for block in blocks:
-        print(f"{block.where} [{block.lang}] {run_block(block, work)}")
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        what = run_block(block, work)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        print(f"{block.where} [{block.lang}] {what} ({cpu:.1f} CPU s)")  # -s shows what each block costs
 
 
 # -------------------------------------------------------------------------- the mechanism itself
