@@ -13,7 +13,7 @@ preceded by a marker comment that changes how it runs (the convention is in docs
     <!-- doc-test: file: PATH -->               the block is written to PATH, not run
     <!-- doc-test: validate: train|sweep -->    a YAML block is validated as that config
     <!-- doc-test: exit: N -->                  the block's last command must exit with N
-    <!-- doc-test: timeout: SECONDS -->         per block (default 300)
+    <!-- doc-test: timeout: SECONDS -->         per block (default 900: a hang, not a budget)
 
 Directives combine with ``;`` (so a reason cannot contain one). Blocks in other languages
 (``yaml`` without a marker, ``text``, ``json``, indented blocks) are not run. Also here:
@@ -172,7 +172,7 @@ def run_block(block: Block, work: Path) -> str:
         old, sep, new = rule.partition("=>")
         assert sep and old.strip() in code, f"{block.where}: replace {rule!r} does not match the block"
         code = code.replace(old.strip(), new.strip())
-    timeout = int(d.get("timeout", ["300"])[0])
+    timeout = int(d.get("timeout", ["900"])[0])
     if "file" in d and "validate" not in d:
         target = work / d["file"][0]
         target.parent.mkdir(parents=True, exist_ok=True)
