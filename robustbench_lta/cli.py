@@ -36,6 +36,21 @@ from .errors import UserError
 _DEBUG = False
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_CELLS_NOT_OK, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+_PLUGINS_OPTION = click.option(
+    "--plugins", "plugin_paths", multiple=True, type=click.Path(),
+    help="A .py file or a folder of them to load first (repeatable); it may register models, datasets "
+         "and attacks.")
+_THREADS_OPTION = click.option(
+    "--threads", type=click.IntRange(min=1), default=None,
+    help="CPU threads for torch (default: every core this process may use). Two jobs on the same "
+         "cores: give each its share.")
+
+
+def _load_plugins(paths: tuple[str, ...] | list[str]) -> None:
+    """The one discovery step for every command: built-ins, entry points and --plugins files."""
+    from .plugins.registry import discover
+
+    discover([Path(p) for p in paths])
 
 
 def _echo_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
@@ -62,12 +77,14 @@ def cli(debug: bool) -> None:
 # ------------------------------------------------------------------------------------- models
 @cli.command("models")
 @click.argument("pattern", default="*")
-def models_cmd(pattern: str) -> None:
+@_PLUGINS_OPTION
+def models_cmd(pattern: str, plugin_paths: tuple[str, ...]) -> None:
     """List registered models (optionally matching PATTERN, e.g. 'vgg16_att*')."""
     import torch
 
     from .models.registry import create_model, list_models, model_info
 
+    _load_plugins(plugin_paths)
     names = list_models(pattern)
     if not names:
         raise UserError(f"no model matches {pattern!r}: {did_you_mean(pattern, list_models())}"
@@ -75,30 +92,37 @@ def models_cmd(pattern: str) -> None:
     rows = []
     for name in names:
         info = model_info(name)
-        with torch.device("meta"):  # count parameters without allocating weights
-            model = create_model(name, num_classes=10)
-        params = sum(p.numel() for p in model.parameters())
+        try:
+            with torch.device("meta"):  # count parameters without allocating weights
+                model = create_model(name, num_classes=10)
+            params = f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M"
+        except Exception:  # a user's builder that cannot run on the meta device: still list it
+            params = "?"
         rows.append([name, info.family, info.attention_levels or "-", info.compatibility or "-",
-                     info.head or "-", f"{params / 1e6:.2f}M"])
+                     info.head or "-", params, info.source])
     _echo_table(f"{len(names)} models", ["name", "family", "attention levels", "compatibility", "head",
-                                         "params (10 classes)"], rows)
+                                         "params (10 classes)", "source"], rows)
 
 
 # --------------------------------------------------------------------------------------- data
 @cli.command("data")
-@click.option("--root", default=None, help="Where torchvision datasets live (default ./data).")
-def data_cmd(root: str | None) -> None:
+@click.option("--root", default=None,
+              help="Where torchvision datasets live (default $ROBUSTBENCH_LTA_DATA, else ./data).")
+@_PLUGINS_OPTION
+def data_cmd(root: str | None, plugin_paths: tuple[str, ...]) -> None:
     """List datasets and whether each is available locally."""
     from .data.registry import dataset_available, list_datasets
 
+    _load_plugins(plugin_paths)
     rows = []
     for info in list_datasets():
         ok = dataset_available(info.name, root=root)
         rows.append([info.name, info.num_classes, f"{info.image_size}", "yes" if ok else "no",
-                     info.description])
-    rows.append(["imagefolder:PATH", "-", "-", "-", "any folder of class subfolders (ImageFolder layout)"])
-    rows.append(["npz:PATH", "-", "-", "-", "arrays x (uint8 NHWC) and y"])
-    _echo_table("datasets", ["name", "classes", "size", "available", "description"], rows)
+                     info.description, info.source])
+    rows.append(["imagefolder:PATH", "-", "-", "-", "any folder of class subfolders (ImageFolder layout)",
+                 "scheme"])
+    rows.append(["npz:PATH", "-", "-", "-", "arrays x (uint8 NHWC) and y", "scheme"])
+    _echo_table("datasets", ["name", "classes", "size", "available", "description", "source"], rows)
 
 
 # -------------------------------------------------------------------------------------- train
@@ -109,15 +133,23 @@ def data_cmd(root: str | None) -> None:
 @click.option("--out", default=None, help="Output folder (default from the config, else runs/<model>).")
 @click.option("--ddp", is_flag=True, help="Insist on data-parallel training: launch with "
               "torchrun --nproc-per-node N -m robustbench_lta train CONFIG (used there even without it).")
-def train_cmd(config: str, overrides: tuple[str, ...], out: str | None, ddp: bool) -> None:
-    """Train a model from a YAML CONFIG (see configs/train/)."""
-    from .config import TrainConfig, check_device_available, load_config
+@_PLUGINS_OPTION
+@_THREADS_OPTION
+def train_cmd(config: str, overrides: tuple[str, ...], out: str | None, ddp: bool,
+              plugin_paths: tuple[str, ...], threads: int | None) -> None:
+    """Train a model from a YAML CONFIG (see configs/train/ and docs/config.md)."""
+    from .config import TrainConfig, apply_threads, check_device_available, load_config
     from .training import distributed
     from .training.trainer import train
 
     cfg = load_config(TrainConfig, config, overrides)
     if out:
         cfg.out = out
+    if plugin_paths:
+        cfg.plugins = [*cfg.plugins, *plugin_paths]
+    _load_plugins(cfg.plugins)
+    # the number in use is recorded in the config (and so in the card's training section)
+    cfg.threads = apply_threads(threads or cfg.threads)
     check_device_available(cfg.device)
     if cfg.out:
         check_out_folder(cfg.out, "--out")
@@ -164,13 +196,12 @@ def _setup_line(command: str, device: Any, amp: str, channels_last: bool, compil
 
 # ------------------------------------------------------------------------------------ attacks
 @cli.command("attacks")
-@click.option("--plugins", "plugin_dirs", multiple=True, type=click.Path(file_okay=False),
-              help="Extra plugin folder (repeatable).")
-def attacks_cmd(plugin_dirs: tuple[str, ...]) -> None:
+@_PLUGINS_OPTION
+def attacks_cmd(plugin_paths: tuple[str, ...]) -> None:
     """List every discovered attack with its threat model and source."""
-    from .plugins.registry import discover, list_attacks
+    from .plugins.registry import list_attacks
 
-    discover([Path(p) for p in plugin_dirs])
+    _load_plugins(plugin_paths)
     rows = [[a.name, a.threat_model, a.kind, "yes" if a.bounded else "no (minimal norm)", a.source,
              a.summary] for a in list_attacks()]
     rows.append(["ta:<Class>", "from class", "-", "-", "adapter", "any torchattacks attack, params passed"])
@@ -237,8 +268,8 @@ def _parse_attack_flag(text: str) -> dict[str, Any]:
 @click.option("--ray-gpus-per-task", type=float, default=None,
               help="GPUs per Ray task (default 1 when the cluster has GPUs).")
 @click.option("--ray-cpus-per-task", type=float, default=None, help="CPUs per Ray task (default 1).")
-@click.option("--plugins", "plugin_dirs", multiple=True, type=click.Path(file_okay=False),
-              help="Extra plugin folder (repeatable).")
+@_PLUGINS_OPTION
+@_THREADS_OPTION
 @click.option("--out", default=None, help="Results folder (default results/<config name> or results/sweep).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -247,9 +278,10 @@ def sweep_cmd(config: str | None, models: tuple[str, ...], attacks: tuple[str, .
               device: str | None, seed: int | None, accounting: str | None, executor: str | None,
               shard_size: int | None, retry_invalid: bool | None, replace: bool | None,
               ray_address: str | None, ray_gpus_per_task: float | None, ray_cpus_per_task: float | None,
-              plugin_dirs: tuple[str, ...], out: str | None, overrides: tuple[str, ...], quiet: bool) -> None:
+              plugin_paths: tuple[str, ...], threads: int | None, out: str | None,
+              overrides: tuple[str, ...], quiet: bool) -> None:
     """Run models x attacks x eps (from a YAML CONFIG and/or flags) into a results folder."""
-    from .config import SweepConfig, apply_overrides, read_yaml, validate
+    from .config import SweepConfig, apply_overrides, apply_threads, read_yaml, validate
     from .engine.executors import run_with_executor
 
     raw: dict[str, Any] = read_yaml(config) if config else {}
@@ -268,8 +300,10 @@ def sweep_cmd(config: str | None, models: tuple[str, ...], attacks: tuple[str, .
                        ("ray_cpus_per_task", ray_cpus_per_task)):
         if value is not None:
             raw[key] = value
-    if plugin_dirs:
-        raw["plugins"] = list(raw.get("plugins") or []) + list(plugin_dirs)
+    if plugin_paths:
+        raw["plugins"] = list(raw.get("plugins") or []) + list(plugin_paths)
+    if threads is not None:
+        raw["threads"] = threads
     if out is not None:
         raw["out"] = out
     elif not raw.get("out"):
@@ -280,6 +314,9 @@ def sweep_cmd(config: str | None, models: tuple[str, ...], attacks: tuple[str, .
     if not raw.get("attacks"):
         raise UserError("no attacks given: pass --attack NAME (see `robustbench-lta attacks`)")
     cfg = validate(SweepConfig, raw, config or "sweep options")
+    _load_plugins(cfg.plugins)  # before the engine, so models named by plugins resolve
+    # the number in use goes into the config, so the manifest records it
+    cfg.threads = apply_threads(cfg.threads)
     preflight(cfg)
     click.echo(_setup_line("sweep", cfg.device, cfg.amp, cfg.channels_last, cfg.compile))
     summary = run_with_executor(cfg, progress=not quiet)

@@ -7,6 +7,7 @@ Configs are validated once, here; every later stage trusts them. Validation prob
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -22,6 +23,38 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
+def default_threads() -> int:
+    """The CPU cores this process may use (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def apply_threads(threads: int | None) -> int:
+    """Set torch's intra-op threads (None: :func:`default_threads`); returns the number now in use.
+
+    Two torch jobs that each use every core of the same machine slow each other down far more than
+    twice (threads spin while waiting for each other): give each job its share with ``threads``.
+    """
+    import torch
+
+    n = int(threads) if threads else default_threads()
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
+_THREADS_HELP = (
+    "CPU threads torch uses (the CLI's default: every core this process may use, and the number used "
+    "is recorded); give each of two jobs sharing a machine its own share, e.g. 1 each on 2 cores"
+)
+_PLUGINS_HELP = (
+    "plugin files or folders to load first (every .py file of a folder whose name does not start "
+    "with _): they may register models, datasets and attacks"
+)
+
+
 # ----------------------------------------------------------------------------------------- train
 class ModelSpec(_Strict):
     name: str = Field(description="registry name, e.g. vgg16_att3_concat_pc")
@@ -31,7 +64,9 @@ class ModelSpec(_Strict):
 
 class DataSpec(_Strict):
     name: str = Field("cluttered-digits", description="dataset registry name, imagefolder:PATH, npz:PATH")
-    root: str | None = Field(None, description="where torchvision datasets live (default ./data)")
+    root: str | None = Field(
+        None, description="where torchvision datasets live (default $ROBUSTBENCH_LTA_DATA, else ./data)"
+    )
     download: bool = Field(False, description="allow torchvision to download missing files")
     n_train: int | None = Field(None, gt=0, description="use only the first N training images")
     n_test: int | None = Field(None, gt=0, description="use only the first N test images")
@@ -39,36 +74,41 @@ class DataSpec(_Strict):
 
 
 class AugmentSpec(_Strict):
-    flip: bool = True
-    crop_padding: int = Field(4, ge=0, le=16)
+    flip: bool = Field(True, description="random horizontal flips of training images")
+    crop_padding: int = Field(
+        4, ge=0, le=16, description="random crops after padding by this many pixels (0: no crops)"
+    )
 
 
 class TrainConfig(_Strict):
     """One training run. Defaults follow the paper's CIFAR recipe where it has one."""
 
-    model: ModelSpec
-    data: DataSpec = Field(default_factory=DataSpec)
-    augment: AugmentSpec = Field(default_factory=AugmentSpec)
-    epochs: int = Field(300, gt=0)
-    batch_size: int = Field(128, gt=0)
-    lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
+    model: ModelSpec = Field(description="the architecture to train")
+    data: DataSpec = Field(default_factory=DataSpec, description="the dataset (train and test splits)")
+    augment: AugmentSpec = Field(default_factory=AugmentSpec, description="training-time augmentation")
+    epochs: int = Field(300, gt=0, description="training epochs (may be raised to resume a finished run)")
+    batch_size: int = Field(128, gt=0, description="images per SGD step")
+    lr: float = Field(0.1, gt=0, description="initial SGD learning rate")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (Nesterov off)")
+    weight_decay: float = Field(5e-4, ge=0, description="L2 weight decay")
     lr_step_epochs: int = Field(25, gt=0, description="multiply lr by lr_gamma every this many epochs")
-    lr_gamma: float = Field(0.5, gt=0, le=1)
-    warmup_epochs: int = Field(0, ge=0)
-    seed: int = 0
-    device: str = "auto"
-    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    lr_gamma: float = Field(0.5, gt=0, le=1, description="the step decay factor of the learning rate")
+    warmup_epochs: int = Field(0, ge=0, description="linear learning-rate warm-up over this many epochs")
+    seed: int = Field(0, description="seeds initialisation, batch order and augmentation")
+    device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    amp: Literal["auto", "bf16", "fp16", "off"] = Field(
+        "auto", description="mixed precision on CUDA (auto: bf16 where supported, else fp16); CPU: float32"
+    )
+    channels_last: bool = Field(True, description="NHWC memory layout on CUDA (ignored on CPU)")
+    num_workers: int = Field(0, ge=0, description="unused: batches are gathered on the device")
+    eval_every: int = Field(1, gt=0, description="test accuracy every this many epochs (and the last)")
+    threads: int | None = Field(None, ge=1, description=_THREADS_HELP)
+    plugins: list[str] = Field(default_factory=list, description=_PLUGINS_HELP)
 
     @field_validator("device")
     @classmethod
     def _device_ok(cls, v: str) -> str:
         return check_device_name(v)
-
-    channels_last: bool = True
-    num_workers: int = Field(0, ge=0)
-    eval_every: int = Field(1, gt=0)
     out: str | None = Field(None, description="output folder (default runs/<model name>)")
 
 
@@ -78,8 +118,10 @@ class SweepModelSpec(_Strict):
 
     name: str | None = Field(None, description="label in the results (default: derived from source)")
     source: str = Field(description="checkpoint path (.safetensors/.json/run folder) or registry name")
-    width: float = Field(1.0, gt=0)
-    num_classes: int | None = Field(None, gt=0)
+    width: float = Field(1.0, gt=0, description="channel-width multiplier (registry names only)")
+    num_classes: int | None = Field(
+        None, gt=0, description="logits of an untrained registry model (default 10; checkpoints: the card)"
+    )
 
 
 def _check_eps_list(v: list[float], what: str) -> list[float]:
@@ -125,7 +167,10 @@ def check_device_available(device: str) -> None:
 class SweepAttackSpec(_Strict):
     name: str = Field(description="attack name from `robustbench-lta attacks`, or ta:Class / fb:Class")
     label: str | None = Field(None, description="name in the results (default: the attack name)")
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the attack's parameters, e.g. {steps: 20}; see `robustbench-lta attacks` for defaults",
+    )
     eps: list[float] | None = Field(
         None, description="this attack's own eps list (same scale as the sweep's eps)"
     )
@@ -138,24 +183,29 @@ class SweepAttackSpec(_Strict):
 
 
 class SweepConfig(_Strict):
-    models: list[SweepModelSpec] = Field(min_length=1)
-    attacks: list[SweepAttackSpec] = Field(min_length=1)
-    eps: list[float] = Field(default_factory=lambda: [0, 1, 2, 4, 8])
+    models: list[SweepModelSpec] = Field(min_length=1, description="the models to attack (at least one)")
+    attacks: list[SweepAttackSpec] = Field(min_length=1, description="the attacks to run (at least one)")
+    eps: list[float] = Field(
+        default_factory=lambda: [0, 1, 2, 4, 8], description="perturbation budgets, divided by eps_scale"
+    )
     eps_scale: float = Field(
         255.0, gt=0, allow_inf_nan=False, description="eps values are divided by this (255: pixel units)"
     )
     data: DataSpec | None = Field(None, description="default: the dataset named in the first model's card")
     n: int = Field(1000, gt=0, description="number of test samples")
-    batch_size: int = Field(256, gt=0)
-    device: str = "auto"
-    seed: int = 0
+    batch_size: int = Field(256, gt=0, description="images per attack batch")
+    device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    seed: int = Field(0, description="seeds every randomised attack (and untrained registry models)")
     accounting: Literal["worst-case", "per-attack"] = Field(
         "worst-case",
         description="worst-case: a sample broken at a smaller eps counts as broken at larger eps and is "
         "not attacked again; per-attack: every clean-correct sample is attacked at every eps",
     )
-    plugins: list[str] = Field(default_factory=list, description="extra plugin folders")
-    executor: Literal["local", "ray"] = "local"
+    plugins: list[str] = Field(default_factory=list, description=_PLUGINS_HELP)
+    threads: int | None = Field(None, ge=1, description=_THREADS_HELP)
+    executor: Literal["local", "ray"] = Field(
+        "local", description="local: in this process; ray: models spread over a Ray cluster"
+    )
     attention_samples: int = Field(8, ge=0, description="images whose attention maps are stored")
     sanity_samples: int = Field(
         64, ge=0, description="samples for the model checks and the large-eps probe (0: skip the probe)"
@@ -181,7 +231,9 @@ class SweepConfig(_Strict):
     ray_gpus_per_task: float | None = Field(
         None, ge=0, description="GPUs each Ray task asks for (default: 1 when the cluster has GPUs, else 0)")
     ray_cpus_per_task: float = Field(1, gt=0, description="CPUs each Ray task asks for")
-    out: str | None = None
+    out: str | None = Field(
+        None, description="results folder (CLI default results/<config name>; API: a temporary folder)"
+    )
 
     @field_validator("eps")
     @classmethod

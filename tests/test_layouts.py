@@ -21,7 +21,8 @@ class _Net(torch.nn.Module):
         super().__init__()
         torch.manual_seed(0)
         self.f = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
-                                     torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(32, 10))
+                                     torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(),
+                                     torch.nn.Linear(32, 10))
 
     def forward(self, x):
         return self.f(x)
@@ -44,7 +45,8 @@ def test_attack_on_a_permuted_input_and_channels_last_model(attack, tmp_path):
     net = _Net().eval()
     with torch.inference_mode():
         y = net(x.contiguous()).argmax(1)  # every sample clean-correct: all reach the attack
-    spec = next((a for a in ADAPTERS if a["name"] == attack), {"name": attack, "params": SMALL.get(attack, {})})
+    own = {"name": attack, "params": SMALL.get(attack, {})}
+    spec = next((a for a in ADAPTERS if a["name"] == attack), own)
     eps = [1 / 255, 2 / 255]
     kw = dict(out=tmp_path / "a", progress=False, sanity_samples=0, attention_samples=0, channels_last=True)
     perm = run_sweep({"n": net}, [spec], eps, data=(x, y), **kw)

@@ -337,3 +337,132 @@ def test_best_iterate_keeps_first_fooling_else_highest_loss() -> None:
     t.update(idx[1:], torch.full((1, 1, 1, 1), 3.0), torch.tensor([[3.0, 0.0]]))
     assert t.best.flatten().tolist() == [1.0, 2.0]
     assert t.fooled.tolist() == [True, False]
+
+
+# -- discovery: one mechanism for attacks, models and datasets -----------------------------------
+def test_duplicate_name_in_one_folder_is_an_error(tmp_path: Path) -> None:
+    """Issue 11 item 8: two files of one folder with the same attack name; no silent file-order winner."""
+    code = textwrap.dedent(USER_PLUGIN).replace("user-sign-noise", "dup-in-folder")
+    (tmp_path / "a_first.py").write_text(code)
+    (tmp_path / "b_second.py").write_text(code)
+    with pytest.raises(UserError, match="'dup-in-folder' is defined twice.*a_first.py.*b_second.py.*rename"):
+        discover([tmp_path])
+
+
+USER_MODEL_AND_DATA = '''
+import numpy as np
+from torch import nn
+
+from robustbench_lta import register_dataset, register_model
+from robustbench_lta.data import ImageDataset
+
+
+@register_model
+def plugin_linear_net(num_classes=10, width=1.0):
+    """A linear model from a plugin file."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, num_classes))
+
+
+@register_dataset("plugin-noise", description="noise", num_classes=2, image_size=(8, 8),
+                  mean=(0.5,) * 3, std=(0.25,) * 3)
+def plugin_noise(split, root, download, n, seed):
+    rng = np.random.default_rng(seed)
+    return ImageDataset(rng.integers(0, 256, (6, 3, 8, 8), dtype=np.uint8), [0, 1] * 3,
+                        classes=["a", "b"], name="plugin-noise", mean=(0.5,) * 3, std=(0.25,) * 3)
+'''
+
+
+def test_one_plugin_file_registers_a_model_and_a_dataset(tmp_path: Path) -> None:
+    from robustbench_lta.data import dataset_info, load_dataset
+    from robustbench_lta.models import create_model, model_info
+
+    plugin = tmp_path / "mine.py"
+    plugin.write_text(USER_MODEL_AND_DATA)
+    discover([plugin])  # a single file, not a folder
+    info = model_info("plugin_linear_net")
+    assert info.source == f"file:{plugin.resolve()}" and info.origin.file == str(plugin.resolve())
+    assert dataset_info("plugin-noise").source == f"file:{plugin.resolve()}"
+    model = create_model("plugin_linear_net", num_classes=2)
+    assert model.registry_origin["file"] == str(plugin.resolve())
+    x, _ = load_dataset("plugin-noise").tensors()
+    assert model.eval()(x).shape == (6, 2)
+    discover([tmp_path])  # the same file through its folder: imported once, no clash
+
+
+def test_a_new_file_in_a_package_is_registered_without_a_second_edit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The built-in packages are scanned (pkgutil): a new module needs no import line anywhere."""
+    from robustbench_lta.discovery import import_package_modules
+    from robustbench_lta.models import list_models
+    from robustbench_lta.models import registry as model_registry
+
+    pkg = tmp_path / "zoo_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "new_arch.py").write_text(
+        "from torch import nn\nfrom robustbench_lta import register_model\n\n"
+        "@register_model\ndef zoo_new_arch(num_classes=10, width=1.0):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))\n"
+    )
+    (pkg / "_private.py").write_text("raise RuntimeError('private modules are not imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        import_package_modules("zoo_pkg", "model")
+        assert "zoo_new_arch" in list_models()
+        assert model_registry.model_info("zoo_new_arch").source == "builtin"
+    finally:
+        model_registry._REGISTRY.pop("zoo_new_arch", None)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> project modules it imports, read from the source (static, like a linter would)."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "robustbench_lta"
+    mods = {}
+    for p in root.rglob("*.py"):
+        parts = list(p.relative_to(root.parent).with_suffix("").parts)
+        mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for mod, path in mods.items():
+        here = mod.split(".") if path.name == "__init__.py" else mod.split(".")[:-1]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                graph[mod] |= {a.name for a in node.names if a.name in mods}
+            elif isinstance(node, ast.ImportFrom):
+                base = here[: len(here) - node.level + 1] if node.level else []
+                target = ".".join(base + ([node.module] if node.module else []))
+                for a in node.names:
+                    sub = f"{target}.{a.name}"
+                    graph[mod] |= {sub} if sub in mods else ({target} if target in mods else set())
+    return graph
+
+
+def test_no_import_cycles_in_the_package() -> None:
+    """No registry imports its implementations (nor anything else in a circle): imports point down."""
+    graph = _import_graph()
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycles.append([*stack[stack.index(nxt):], nxt])
+            elif nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+    for registry, package in (("robustbench_lta.models.registry", "robustbench_lta.models"),
+                              ("robustbench_lta.data.registry", "robustbench_lta.data")):
+        siblings = {m for m in graph[registry] if m.startswith(package + ".")}
+        assert siblings <= {f"{package}.base"}, f"{registry} imports its implementations: {siblings}"
+    assert not {m for m in graph["robustbench_lta.discovery"] if m != "robustbench_lta.errors"}

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .registry import ImageDataset, channel_stats, interleave_by_class
+from .registry import ImageDataset, channel_stats, interleave_by_class, register_scheme
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -213,3 +213,7 @@ def _as_nchw(x: np.ndarray, file: Path) -> np.ndarray:
     if x.shape[1] == 1:
         x = np.repeat(x, 3, axis=1)
     return x
+
+
+register_scheme("imagefolder", load_imagefolder)
+register_scheme("npz", load_npz)

@@ -4,12 +4,16 @@ Every dataset the tool touches is small enough to live in memory as one uint8 te
 ``(N, 3, H, W)`` plus int64 labels (and, where the dataset knows where the object is, float boxes).
 Loaders are registered by name with :func:`register_dataset`; :func:`load_dataset` resolves a name
 (or an ``imagefolder:PATH`` / ``npz:PATH`` spec) to an :class:`ImageDataset`.
+
+Loaders come from every module of this package (importing :mod:`robustbench_lta.data` scans it, so
+a new dataset is one new file), the entry-point group ``robustbench_lta.datasets``, a user's
+``--plugins`` file or folder, or plain Python (see :mod:`robustbench_lta.discovery`). This module
+imports none of the implementations: they import it.
 """
 
 from __future__ import annotations
 
 import difflib
-import importlib
 import inspect
 import os
 import warnings
@@ -22,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .. import discovery
 from ..errors import UserError
 
 Indices = Sequence[int] | np.ndarray | torch.Tensor | slice
@@ -31,8 +36,6 @@ DATASET_SCHEMES: dict[str, str] = {
     "imagefolder": "imagefolder:PATH - a folder of class subfolders (or one with train/ and test/ in it)",
     "npz": "npz:PATH - a .npz file with arrays x (uint8 NHWC), y (int) and optionally classes",
 }
-
-_BUILTIN_MODULES = (".cluttered_digits", ".torchvision_sets", ".imagefolder")
 
 
 # ------------------------------------------------------------------------------------------ dataset
@@ -179,9 +182,26 @@ class DatasetInfo:
     has_boxes: bool = False
     loader: Loader | None = field(default=None, repr=False, compare=False)
     is_available: Callable[[Path], bool] | None = field(default=None, repr=False, compare=False)
+    origin: discovery.Origin | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def source(self) -> str:
+        """``builtin``, ``entry-point:<dist>``, ``folder:<path>``, ``file:<path>`` or ``python``."""
+        return self.origin.source if self.origin else "python"
 
 
 _REGISTRY: dict[str, DatasetInfo] = {}
+_SCHEME_LOADERS: dict[str, Callable[..., ImageDataset]] = {}
+
+
+def register_scheme(scheme: str, loader: Callable[..., ImageDataset]) -> None:
+    """The loader ``fn(path, split=, n=, name=, **kw)`` behind ``scheme:PATH`` (a key of DATASET_SCHEMES).
+
+    The implementations call this (``imagefolder.py``), so this module never imports them.
+    """
+    if scheme not in DATASET_SCHEMES:
+        raise ValueError(f"unknown dataset scheme {scheme!r}: add its description to DATASET_SCHEMES")
+    _SCHEME_LOADERS[scheme] = loader
 
 
 def register_dataset(
@@ -198,12 +218,22 @@ def register_dataset(
     """Register ``fn(split, root, download, n, seed, **kw) -> ImageDataset`` under ``name``.
 
     ``is_available(root: Path) -> bool`` says whether the files are present (None: always, e.g. for
-    generated data). Registering a name twice replaces the earlier loader (so a user can override).
+    generated data). Registering a name again from the same module (a reloaded file, a re-run
+    notebook cell) replaces it; the same name from another module is a UserError, because a dataset
+    silently replaced by another would change what every later sweep measures.
     """
     if ":" in name:
         raise ValueError(f"dataset names cannot contain ':' (reserved for imagefolder:/npz:): {name!r}")
 
     def decorator(fn: Loader) -> Loader:
+        origin = discovery.origin_of(fn)
+        old = _REGISTRY.get(name)
+        if old is not None and old.origin is not None and old.origin.module != origin.module:
+            raise UserError(
+                f"dataset name {name!r} is registered twice: by {old.origin.module} ({old.source}"
+                f"{', ' + old.origin.file if old.origin.file else ''}) and by {origin.module} "
+                f"({origin.source}{', ' + origin.file if origin.file else ''}); rename one of them"
+            )
         _REGISTRY[name] = DatasetInfo(
             name=name,
             description=description,
@@ -214,6 +244,7 @@ def register_dataset(
             has_boxes=has_boxes,
             loader=fn,
             is_available=is_available,
+            origin=origin,
         )
         return fn
 
@@ -221,8 +252,8 @@ def register_dataset(
 
 
 def _ensure_builtins() -> None:
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(module, __package__)
+    # The built-ins are registered by importing this package; installed packages' datasets here.
+    discovery.load_entry_points("datasets")
 
 
 def default_root(root: str | os.PathLike[str] | None = None) -> Path:
@@ -296,9 +327,7 @@ def load_dataset(
         raise UserError(f"n must be a positive integer, got {n!r}")
     scheme, _, path = name.partition(":")
     if path and scheme in DATASET_SCHEMES:
-        from . import imagefolder
-
-        loader = imagefolder.load_imagefolder if scheme == "imagefolder" else imagefolder.load_npz
+        loader = _SCHEME_LOADERS[scheme]
         _check_kwargs(loader, name, kw)
         ds = loader(path, split=split, n=n, name=name, **kw)
     else:
@@ -342,14 +371,20 @@ def interleave_by_class(labels: np.ndarray) -> np.ndarray:
 def shared_data_dir() -> Path | None:
     """The shared CIFAR-10 JPEG folder (``mini.npz``, ``train.tar.gz``, ``test.tar.gz``), or None.
 
-    Looks at ``$ROBUSTBENCH_LTA_SHARED`` first, then ``../shared/data/cifar10-jpeg`` next to the
-    repository this package sits in. Tests and benchmarks use it and skip when it is absent.
+    Looks, in order, at ``$ROBUSTBENCH_LTA_SHARED``, then ``shared/data/cifar10-jpeg`` and
+    ``../shared/data/cifar10-jpeg`` relative to the working folder, then ``../shared/data/cifar10-jpeg``
+    next to the repository this package sits in (for an editable install run from elsewhere).
+    Tests and benchmarks use it and skip when it is absent. A set variable that names no folder is
+    not silently replaced by a guess: the result is None.
     """
     env = os.environ.get("ROBUSTBENCH_LTA_SHARED")
-    candidates = [Path(env).expanduser()] if env else []
+    if env:
+        cand = Path(env).expanduser()
+        return cand if cand.is_dir() else None
+    tail = Path("shared") / "data" / "cifar10-jpeg"
+    cwd = Path.cwd()
     repo = Path(__file__).resolve().parents[2]
-    candidates.append(repo.parent / "shared" / "data" / "cifar10-jpeg")
-    for cand in candidates:
+    for cand in (cwd / tail, cwd.parent / tail, repo.parent / tail):
         if cand.is_dir():
             return cand
     return None

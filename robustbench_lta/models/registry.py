@@ -16,8 +16,13 @@ training code passes the dataset's ``mean``/``std``; a builder that does not acc
 module wrapped in :class:`~robustbench_lta.models.base.NormalizedModel`, which normalises [0,1]
 inputs before calling it (the project's convention).
 
-The built-in architectures (``vgg16``, ``resnet18``, ``resnet164`` and the attention variants) are
-registered when this module is imported.
+Where builders come from (see :mod:`robustbench_lta.discovery`): every module of this package
+(importing :mod:`robustbench_lta.models` scans it, so a new architecture is one new file), the
+entry-point group ``robustbench_lta.models`` of installed packages, a user's ``--plugins`` file or
+folder, or plain Python. Each :class:`ModelInfo` records its :class:`~robustbench_lta.discovery.Origin`,
+which the checkpoint card keeps so that loading a checkpoint can name the plugin it needs.
+
+This module imports none of the implementations: they import it.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Any, TypeVar
 
 from torch import nn
 
+from .. import discovery
 from ..errors import UserError
 from .base import NormalizedModel, check_num_classes, check_width, parameter_count
 
@@ -59,6 +65,12 @@ class ModelInfo:
     compatibility: str | None
     head: str | None
     builder: Builder
+    origin: discovery.Origin | None = None
+
+    @property
+    def source(self) -> str:
+        """``builtin``, ``entry-point:<dist>``, ``folder:<path>``, ``file:<path>`` or ``python``."""
+        return self.origin.source if self.origin else "python"
 
     @property
     def has_attention(self) -> bool:
@@ -110,14 +122,17 @@ def register_model(
             raise UserError("register_model: give the model a name with register_model(name='...')")
         old = _REGISTRY.get(key)
         if old is not None and _origin(old.builder) != _origin(builder):
+            where = f" ({old.origin.file})" if old.origin and old.origin.file else ""
             raise UserError(
-                f"model name {key!r} is already registered by {_origin(old.builder)}: "
-                "choose another name with register_model(name='...')"
+                f"model name {key!r} is already registered by {_origin(old.builder)}{where}, "
+                f"source {old.source}: choose another name with register_model(name='...')"
             )
         levels = int(attention_levels or 0)
         if levels < 0:
             raise UserError(f"register_model({key!r}): attention_levels must be >= 0, got {attention_levels}")
-        _REGISTRY[key] = ModelInfo(key, str(family), levels, compatibility, head, builder)
+        _REGISTRY[key] = ModelInfo(
+            key, str(family), levels, compatibility, head, builder, discovery.origin_of(builder)
+        )
         return builder
 
     if fn is not None:
@@ -167,13 +182,20 @@ def register_attention_variants(
         )
 
 
+def _load_entry_points() -> None:
+    # Installed packages' models; the built-ins are registered by importing this package.
+    discovery.load_entry_points("models")
+
+
 def list_models(pattern: str = "*") -> list[str]:
     """Registered model names matching the fnmatch ``pattern`` (e.g. ``"vgg16_att*"``), sorted."""
+    _load_entry_points()
     return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
 
 
 def model_info(name: str) -> ModelInfo:
     """The :class:`ModelInfo` of a registered name; unknown names raise UserError with suggestions."""
+    _load_entry_points()
     try:
         return _REGISTRY[name]
     except (KeyError, TypeError):
@@ -181,7 +203,8 @@ def model_info(name: str) -> ModelInfo:
     close = difflib.get_close_matches(str(name), list(_REGISTRY), n=3, cutoff=0.5)
     hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
     raise UserError(
-        f"unknown model {name!r}: {hint}run `robustbench-lta models` to list the registered models"
+        f"unknown model {name!r}: {hint}run `robustbench-lta models` to list the registered models; "
+        "for your own architecture, pass the file that registers it with --plugins FILE"
     )
 
 
@@ -241,9 +264,7 @@ def create_model(name: str, num_classes: int = 10, width: float = 1.0, **kw: Any
     if wrap_stats:
         model = NormalizedModel(model, num_classes=num_classes, **wrap_stats)
     model.registry_name = name
+    # where the architecture came from, so a checkpoint card can name the plugin it needs
+    model.registry_origin = info.origin.as_dict() if info.origin else None
     model.registry_kwargs = _json_friendly({"num_classes": num_classes, "width": width, **kw})
     return model
-
-
-# Register the built-in architectures. Imported last: they import ``register_model`` from here.
-from . import resnet, small, vgg  # noqa: E402,F401

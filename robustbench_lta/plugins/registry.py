@@ -1,45 +1,43 @@
 """The attack registry: registration, discovery of plugins, lookup by name.
 
-Attacks come from four places, recorded as their ``source``:
+Attacks come from four places, recorded as their ``source`` (see :mod:`robustbench_lta.discovery`,
+the one mechanism that also finds models and datasets):
 
 - ``builtin``: every module of :mod:`robustbench_lta.builtin_attacks` (the top-level ``attacks/``
   folder of the repository);
 - ``entry-point:<dist>``: installed distributions that declare the entry-point group
   ``robustbench_lta.attacks`` (the entry point may name a module, which registers on import, or
   an :class:`Attack` subclass);
-- ``folder:<path>``: every ``*.py`` file in a folder passed to :func:`discover` (``--plugins DIR``);
-  files whose name starts with ``_`` are skipped so a folder can hold private helpers;
+- ``folder:<path>`` / ``file:<path>``: every ``*.py`` file in a folder passed to :func:`discover`
+  (``--plugins DIR``), or one file (``--plugins FILE.py``); files whose name starts with ``_`` are
+  skipped so a folder can hold private helpers;
 - ``python``: classes decorated with :func:`register_attack` anywhere else (notebooks, scripts).
 
 Adapter names ``ta:<ClassName>`` (torchattacks) and ``fb:<ClassName>`` (foolbox 3) are resolved on
 demand and never listed.
 
-Duplicate names: registering a name again from the *same* source replaces the old class (so
-re-running a notebook cell or re-importing a file works); the same name from a *different* source
-is a :class:`UserError` naming both, because silently shadowing an attack would change what a
-sweep measures without anyone noticing.
+Duplicate names: registering a name again from the *same module* replaces the old class (so
+re-running a notebook cell or re-importing a file works); the same name from any other module (two
+files of one plugin folder, two folders, a plugin and a built-in) is a :class:`UserError` naming
+both, because silently shadowing an attack would change what a sweep measures without anyone
+noticing.
 """
 
 from __future__ import annotations
 
-import contextlib
 import difflib
-import hashlib
-import importlib
-import importlib.metadata
-import importlib.util
-import pkgutil
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .. import discovery
 from ..errors import UserError
 from .base import Attack, AttackKind, ThreatModel
 
-ENTRY_POINT_GROUP = "robustbench_lta.attacks"
+ENTRY_POINT_GROUP = discovery.ENTRY_POINT_GROUPS["attacks"]
 BUILTIN_PACKAGE = "robustbench_lta.builtin_attacks"
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
@@ -63,25 +61,7 @@ class AttackInfo:
 
 
 _REGISTRY: dict[str, type[Attack]] = {}
-_current_source: list[str] = []  # stack: the source being imported right now
-_loaded_files: set[Path] = set()
-_discovered_folder_sets: set[tuple[Path, ...]] = set()
 _builtins_loaded = False
-_entry_points_loaded = False
-
-
-@contextlib.contextmanager
-def _source(source: str) -> Iterator[None]:
-    _current_source.append(source)
-    try:
-        yield
-    finally:
-        _current_source.pop()
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _where(cls: type) -> str:
@@ -126,14 +106,18 @@ def register_attack(cls: A) -> A:
     if getattr(cls, "__abstractmethods__", None):
         missing = ", ".join(sorted(cls.__abstractmethods__))
         raise UserError(f"attack '{name}' ({where}) does not implement {missing}")
-    if not _current_source:
+    if discovery.current_source() is None:
         # A class registered from plain Python: load the built-ins and entry points first, so a
         # clash with one of them is reported now, not later from an unrelated discover().
         _load_builtins()
         _load_entry_points()
-    source = _current_source[-1] if _current_source else "python"
+    source = discovery.current_source() or "python"
     existing = _REGISTRY.get(name)
-    if existing is not None and existing is not cls and existing.source != source:
+    # Same module (a re-run notebook cell, a reloaded file): replace. Any other module, even from
+    # the same plugin folder, is a clash: which one "wins" must never depend on file order.
+    if existing is not None and existing is not cls and (
+        existing.source != source or existing.__module__ != cls.__module__
+    ):
         raise UserError(
             f"attack name '{name}' is defined twice: by {existing.source} ({_where(existing)}) and by "
             f"{source} ({where}); rename one of them"
@@ -148,99 +132,38 @@ def _load_builtins() -> None:
     global _builtins_loaded
     if _builtins_loaded:
         return
-    package = importlib.import_module(BUILTIN_PACKAGE)
-    with _source("builtin"):
-        for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
-            if info.name.startswith("_"):
-                continue
-            module_name = f"{BUILTIN_PACKAGE}.{info.name}"
-            try:
-                importlib.import_module(module_name)
-            except UserError:
-                raise
-            except Exception as exc:
-                raise UserError(
-                    f"built-in attack module {module_name} failed to import: {_one_line(exc)}"
-                ) from exc
+    discovery.import_package_modules(BUILTIN_PACKAGE, "attack")
     _builtins_loaded = True
 
 
+def _register_entry_point_object(obj: Any) -> None:
+    if isinstance(obj, type) and issubclass(obj, Attack) and _REGISTRY.get(obj.name) is not obj:
+        register_attack(obj)
+
+
 def _load_entry_points() -> None:
-    global _entry_points_loaded
-    if _entry_points_loaded:
-        return
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        dist = getattr(ep, "dist", None)
-        dist_name = getattr(dist, "name", None) or ep.value
-        with _source(f"entry-point:{dist_name}"):
-            try:
-                obj = ep.load()
-            except UserError:
-                raise
-            except Exception as exc:
-                raise UserError(
-                    f"attack plugin entry point '{ep.name}' ({ep.value}, from {dist_name}) failed to load: "
-                    f"{_one_line(exc)}"
-                ) from exc
-            if isinstance(obj, type) and issubclass(obj, Attack) and _REGISTRY.get(obj.name) is not obj:
-                register_attack(obj)
-    _entry_points_loaded = True
-
-
-def _module_name_for(path: Path) -> str:
-    digest = hashlib.sha1(str(path).encode()).hexdigest()[:12]
-    stem = re.sub(r"\W", "_", path.stem)
-    return f"robustbench_lta_plugin_{digest}_{stem}"
-
-
-def _load_file(path: Path, source: str) -> None:
-    if path in _loaded_files:
-        return
-    module_name = _module_name_for(path)
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise UserError(f"plugin file {path} cannot be imported (not a Python source file?)")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    with _source(source):
-        try:
-            spec.loader.exec_module(module)
-        except (Exception, SystemExit) as exc:
-            sys.modules.pop(module_name, None)
-            raise UserError(f"plugin file {path} failed to import: {_one_line(exc)}") from exc
-    _loaded_files.add(path)
-
-
-def _plugin_files(folder: str | Path) -> tuple[Path, list[Path]]:
-    root = Path(folder).expanduser()
-    if not root.exists():
-        raise UserError(f"plugin folder {root} does not exist; pass an existing folder to --plugins")
-    root = root.resolve()
-    if root.is_file():
-        if root.suffix != ".py":
-            raise UserError(f"plugin path {root} is not a folder or a .py file")
-        return root.parent, [root]
-    files = sorted(p for p in root.glob("*.py") if p.is_file() and not p.name.startswith("_"))
-    return root, files
+    discovery.load_entry_points("attacks", _register_entry_point_object)
 
 
 def discover(folders: Iterable[str | Path] = ()) -> list[AttackInfo]:
-    """Load built-ins, entry-point plugins and every ``*.py`` in ``folders``; return the registry.
+    """Load built-ins, entry-point plugins and the user's plugin files; return the attack registry.
 
-    Idempotent: each file is imported once per process, and a folder set already discovered is
-    not scanned again. A file that fails to import raises :class:`UserError` naming the file and
-    the error on one line.
+    ``folders`` are ``--plugins`` paths: folders (every ``*.py`` in them) or single ``.py`` files.
+    Whatever those files register is available afterwards: attacks, and also models
+    (``@register_model``) and datasets (``@register_dataset``); the model and dataset entry-point
+    groups are loaded here too. Idempotent: each file is imported once per process. A file that
+    fails to import raises :class:`UserError` naming the file and the error on one line.
     """
     _load_builtins()
     _load_entry_points()
-    folder_list = [Path(f) for f in (folders or ())]
-    key = tuple(sorted(p.expanduser().resolve() for p in folder_list))
-    if key and key not in _discovered_folder_sets:
-        for folder in folder_list:
-            root, files = _plugin_files(folder)
-            for path in files:
-                _load_file(path, f"folder:{root}")
-        _discovered_folder_sets.add(key)
+    discovery.load_plugins(folders)
+    # Models and datasets: their registries load their own built-ins and entry points lazily; load
+    # the entry points now so a broken installed plugin is reported before any work starts.
+    from ..data.registry import list_datasets
+    from ..models.registry import list_models
+
+    list_models()
+    list_datasets()
     return list_attacks()
 
 

@@ -11,17 +11,21 @@ Card layout (``format_version`` 1)::
       "format_version": 1,
       "created": "2025-01-01T12:00:00+00:00",
       "model": {"name": "vgg16_att3_concat_pc", "kwargs": {...create_model kwargs...},
-                "num_classes": 10, "width": 0.25, "has_attention": true},
+                "num_classes": 10, "width": 0.25, "has_attention": true,
+                "origin": {"source": "builtin" | "entry-point:<dist>" | "folder:<dir>" | "file:<path>"
+                           | "python", "module": "robustbench_lta.models.vgg", "file": "/.../vgg.py"}},
       "dataset": {"name": "cluttered-digits", "classes": [...], "input_size": [32, 32], ...},
       "normalization": {"mean": [...], "std": [...]},
       "training": {...TrainConfig as a dict...}, "seed": 0, "epochs": 30,
       "clean_test_accuracy": 0.93,
-      "versions": {"torch": "...", ...}, "git_commit": "abc123" | null,
+      "threads": 2, "versions": {"torch": "...", ...}, "git_commit": "abc123" | null,
       "weights": {"file": "NAME.safetensors", "bytes": 123}, "sha256": "<sha256 of NAME.safetensors>"
     }
 
 ``load_model`` rebuilds the model with ``create_model(card["model"]["name"], **kwargs)``, checks the
 weights' sha256 against the card (a changed or corrupted file is refused), and loads them strictly.
+When the architecture is not registered (a user's model whose plugin was not loaded), the error
+names what to pass, from ``model.origin``: ``--plugins FILE``, or the package to install.
 """
 
 from __future__ import annotations
@@ -41,8 +45,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..discovery import plugin_hint
 from ..errors import UserError
-from ..models.registry import create_model
+from ..models.registry import create_model, list_models
 from ..utils import atomic_write_json, git_commit, package_versions, resolve_device, sha256_file
 
 FORMAT_VERSION = 1
@@ -252,6 +257,9 @@ def build_card(model: nn.Module, card: dict[str, Any] | None = None) -> dict[str
         model_section.setdefault("width", kwargs["width"])
     if hasattr(model, "has_attention"):
         model_section.setdefault("has_attention", bool(model.has_attention))
+    origin = getattr(model, "registry_origin", None)
+    if origin:
+        model_section.setdefault("origin", _jsonable(dict(origin), "model.origin"))
     out["model"] = model_section
     norm = dict(out.get("normalization") or {})
     for key in ("mean", "std"):
@@ -260,6 +268,8 @@ def build_card(model: nn.Module, card: dict[str, Any] | None = None) -> dict[str
             norm.setdefault(key, [float(v) for v in buf.detach().flatten().cpu()])
     if norm:
         out["normalization"] = norm
+    # threads change float reduction order, so the last digits of accuracy can depend on them
+    out.setdefault("threads", torch.get_num_threads())
     out.setdefault("versions", package_versions())
     out.setdefault("git_commit", git_commit())
     out["format_version"] = FORMAT_VERSION
@@ -301,7 +311,15 @@ def rebuild_model(card: dict[str, Any]) -> nn.Module:
         kwargs.setdefault("num_classes", section["num_classes"])
     if "width" in section:
         kwargs.setdefault("width", section["width"])
-    return create_model(section["name"], **kwargs)
+    name = section["name"]
+    if name not in list_models():
+        origin = section.get("origin") if isinstance(section.get("origin"), dict) else None
+        source = f" (registered by {origin.get('source')})" if origin and origin.get("source") else ""
+        raise UserError(
+            f"this checkpoint needs the architecture {name!r}{source}, which is not registered: "
+            f"{plugin_hint(origin)}"
+        )
+    return create_model(name, **kwargs)
 
 
 def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> nn.Module:

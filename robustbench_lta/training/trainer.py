@@ -37,8 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import TrainConfig
+from ..config import TrainConfig, apply_threads
 from ..data.registry import ImageDataset, load_dataset
+from ..discovery import load_plugins
 from ..errors import UserError
 from ..models.registry import create_model, model_info
 from ..utils import atomic_write_json, atomic_write_text, derive_seed, device_description, resolve_device
@@ -67,6 +68,8 @@ RESUMABLE_CHANGES = frozenset(
         "out",
         "data.root",
         "data.download",
+        "threads",
+        "plugins",
     }
 )
 #: Keep a whole split on the GPU when it is smaller than this (else gather batches on the CPU).
@@ -311,6 +314,9 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     Resumes automatically when the out folder holds a ``last`` checkpoint of the same run. Returns a
     :class:`TrainResult`; prints one summary line at the end.
     """
+    load_plugins(config.plugins)  # the config's own plugin files (models, datasets) first
+    if config.threads:  # None: leave the caller's torch setting alone (the CLI resolves it)
+        apply_threads(config.threads)
     model_info(config.model.name)  # an unknown name fails here, before any data is loaded
     ddp = distributed.current()  # a torchrun process group: see distributed.py
     device = resolve_device(config.device) if ddp is None else ddp.device(config.device)
