@@ -21,7 +21,6 @@ import hashlib
 import math
 import tempfile
 import time
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -35,14 +34,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..analysis.attention import box_mass, js_divergence
-from ..config import DataSpec, SweepConfig, SweepModelSpec, validate
+from ..config import DataSpec, SweepConfig, SweepModelSpec, parse_attack_string, validate
 from ..data.registry import ImageDataset, load_dataset
 from ..errors import UserError
-from ..models.registry import create_model, list_models
 from ..plugins.base import Attack
 from ..plugins.registry import discover, get_attack
 from ..plugins.verify import verify_batch
-from ..training.checkpoint import load_model
+from ..sources import check_data_against_card, resolve_model_source
+from ..sources.published import published_comparison
 from ..utils import derive_seed, device_description, git_commit, package_versions, resolve_device
 from .accounting import SAMPLE_COLUMNS, SUMMARY_COLUMNS, WORST_CASE, summary_row, worst_case_rows
 from .plan import AttackPlan, Cell, plan_model_cells
@@ -93,28 +92,22 @@ def _module_fingerprint(module: nn.Module) -> dict[str, Any]:
 
 
 def load_sweep_model(spec: SweepModelSpec | nn.Module, label: str | None, seed: int) -> LoadedModel:
-    """A checkpoint path, a registry name (untrained, with a warning) or any nn.Module."""
+    """Any nn.Module, or a model source resolved by robustbench_lta.sources (checkpoint, registry name,
+    robustbench:, timm:, torchvision:, hf-hub:, bare weights with arch)."""
     if isinstance(spec, nn.Module):
         return LoadedModel(label or type(spec).__name__, spec, f"module:{type(spec).__name__}",
                            _module_fingerprint(spec), getattr(spec, "card", None))
-    source = spec.source
-    path = Path(source).expanduser()
-    if path.exists():
-        model = load_model(path)
-        card = getattr(model, "card", None) or {}
-        name = label or spec.name or str((card.get("model") or {}).get("name") or path.stem)
-        fp = {"checkpoint": str(path.resolve()), "sha256": card.get("sha256")}
-        return LoadedModel(name, model, str(path), fp, card)
-    if source in list_models():
-        warnings.warn(f"model '{source}' is a registry name without a checkpoint: attacking an "
-                      "UNTRAINED model (pass a checkpoint path to attack a trained one)", stacklevel=2)
-        torch.manual_seed(seed)
-        model = create_model(source, num_classes=spec.num_classes or 10, width=spec.width)
-        fp = {"registry": source, "width": spec.width, **_module_fingerprint(model)}
-        return LoadedModel(label or spec.name or source, model, f"registry:{source}", fp, None)
-    suffix = " (the path does not exist)" if ("/" in source or "." in source) else ""
-    raise UserError(f"model '{source}' is neither a checkpoint file nor a registered model name{suffix}: "
-                    "see `robustbench-lta models` or pass a .safetensors/.json checkpoint or run folder")
+    resolved = resolve_model_source(spec.source, arch=spec.arch, name=label or spec.name,
+                                    num_classes=spec.num_classes, width=spec.width, seed=seed,
+                                    download=spec.download, resize_inputs=spec.resize_inputs)
+    card = resolved.card
+    default = (spec.source.split(":", 1)[1].rstrip("/").split("/")[-1].split("@")[0]
+               if spec.source.startswith(("robustbench:", "timm:", "torchvision:", "hf-hub:"))
+               else Path(spec.source).stem)
+    if card.details.get("model", {}).get("name"):  # project checkpoints are labelled by architecture
+        default = str(card.details["model"]["name"])
+    return LoadedModel(label or spec.name or default, resolved.module, card.source, resolved.fingerprint,
+                       card.as_dict())
 
 
 def _card_data_spec(card: Mapping[str, Any] | None) -> DataSpec | None:
@@ -127,7 +120,7 @@ def _card_data_spec(card: Mapping[str, Any] | None) -> DataSpec | None:
         return DataSpec(name=data["name"], root=data.get("root"), kwargs=dict(data.get("kwargs") or {}))
     ds = card.get("dataset")
     if isinstance(ds, Mapping) and ds.get("name"):
-        return DataSpec(name=ds["name"], kwargs=dict(ds.get("kwargs") or {}))
+        return DataSpec(name=ds["name"], root=ds.get("root"), kwargs=dict(ds.get("kwargs") or {}))
     if isinstance(ds, str):
         return DataSpec(name=ds)
     return None
@@ -590,8 +583,14 @@ class SweepRunner:
         sanity = pd.DataFrame(self.sanity_rows + table_checks(summary, samples, traits),
                               columns=SANITY_COLUMNS)
         attention = pd.concat(att_frames, ignore_index=True) if att_frames else _empty(ATTENTION_COLUMNS)
-        self.store.write_tables({"summary": summary, "samples": samples, "sanity": sanity,
-                                 "attention": attention}, csv_too=("summary", "sanity"))
+        tables = {"summary": summary, "samples": samples, "sanity": sanity, "attention": attention}
+        published = published_comparison(summary, {lm.label: lm.card for lm in self.models})
+        if len(published):  # published vs measured, beside the summary (robustbench_lta.sources)
+            tables["published"] = published
+        else:  # no stale comparison from an earlier sweep into this folder
+            for suffix in (".csv", ".parquet"):
+                (self.store.root / f"published{suffix}").unlink(missing_ok=True)
+        self.store.write_tables(tables, csv_too=("summary", "sanity", "published"))
         self.store.write_manifest(self._manifest(started, datetime.now(timezone.utc).isoformat(
             timespec="seconds"), summary))
         summary.attrs["out_dir"] = str(self.store.root)
@@ -670,8 +669,16 @@ def run_sweep_config(cfg: SweepConfig, *, progress: bool = True, models: Mapping
         spec = cfg.data or _card_data_spec(loaded[0].card)
         if spec is None:
             raise UserError("no dataset given and the first model's card names none: pass --data NAME")
+        kwargs = dict(spec.kwargs)
+        card_classes = (loaded[0].card or {}).get("class_names")
+        if spec.name.startswith("imagefolder:") and card_classes and "classes" not in kwargs:
+            kwargs["classes"] = card_classes  # a folder of some classes keeps the card's label indices
         ds = load_dataset(spec.name, split="test", root=spec.root, download=spec.download, n=cfg.n,
-                          **spec.kwargs)
+                          **kwargs)
+        for lm in loaded:  # class names and input size against each model's card (sources layer)
+            if lm.card and "class_names" in lm.card:
+                check_data_against_card(ds.classes, ds.image_size, lm.card, model=lm.label, data=spec.name,
+                                        resized=bool(kwargs.get("resize") or kwargs.get("crop")))
         sweep_data = _from_image_dataset(ds, cfg.n)
         sweep_data.fingerprint = {"spec": spec.model_dump(mode="json"), "n": len(sweep_data.y),
                                   "sha256": _tensor_hash(sweep_data.x, sweep_data.y)}
@@ -696,7 +703,7 @@ def run_sweep(models: Mapping[str, str | nn.Module] | Sequence[str], attacks: Se
             logits (a list of paths/names is also accepted; labels are then derived). A module is
             used in place: put in eval mode, moved to the device and, unless
             ``channels_last=False``, to NHWC weights, with its parameters' ``requires_grad`` off.
-        attacks: attack names (``"fgsm"``, ``"ta:PGD"``...), dicts like
+        attacks: attack names (``"fgsm"``, ``"ta:PGD"``, ``"pgd-linf:steps=20"`` as on the CLI), dicts like
             ``{"name": "pgd-linf", "params": {"steps": 20}, "label": "pgd20"}``, or Attack instances.
         eps: budgets on the [0,1] scale (e.g. ``[0, 2/255, 8/255]``).
         data: a Dataset, a DataLoader, an ``(x, y)`` pair of tensors, or a dataset registry name;
@@ -718,7 +725,7 @@ def run_sweep(models: Mapping[str, str | nn.Module] | Sequence[str], attacks: Se
         elif isinstance(a, Mapping):
             specs.append(dict(a))
         else:
-            specs.append({"name": str(a)})
+            specs.append(parse_attack_string(str(a)))
     data_spec = None
     if isinstance(data, str):
         data_spec, data = {"name": data}, None
