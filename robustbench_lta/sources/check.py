@@ -46,7 +46,7 @@ def check_data_against_card(dataset_classes: Sequence[str] | None, input_size: S
                 card_side = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
                 data_side = ", ".join(ds[:12]) + (", ..." if len(ds) > 12 else "")
                 raise UserError(
-                    f"{what}'s classes do not match {who}'s card: data label {i} ({c!r}) {where} "
+                    f"the classes of {what} do not match the card of {who}: data label {i} ({c!r}) {where} "
                     f"(data: {data_side}; card: {card_side}); for an image folder holding some of the "
                     "card's classes, load it with the card's class list (classes=...) so labels keep "
                     "the card's indices")

@@ -264,7 +264,7 @@ def _infer_width(arch: str, state: dict[str, torch.Tensor]) -> float | None:
     except Exception:  # cannot build on meta: keep the given width
         return None
     for key, t in ref.items():
-        if t.ndim == 4 and key in state and state[key].ndim == 4:
+        if t.ndim == 4 and key.endswith("weight") and key in state and state[key].ndim == 4:
             return round(float(state[key].shape[0]) / float(t.shape[0]), 4)
     return None
 
