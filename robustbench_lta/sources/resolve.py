@@ -106,8 +106,9 @@ def _resolve(source: str, *, arch: str | None, num_classes: int | None, width: f
         card.notes.append("untrained registry model")
         return ResolvedModel(model, card)
     if "/" in source or "." in source:
-        raise UserError(f"model '{source}': no such file or folder (give a checkpoint, a registry name, "
-                        "or a robustbench:/timm:/torchvision:/hf-hub: source)")
+        raise UserError(f"model '{source}' is neither a checkpoint nor a registered model name (the path "
+                        "does not exist): give a checkpoint, a registry name, or a robustbench:/timm:/"
+                        "torchvision:/hf-hub: source")
     close = difflib.get_close_matches(source, list_models(), n=3, cutoff=0.5)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     raise UserError(f"model '{source}' is neither a checkpoint nor a registered model name{hint}: see "
