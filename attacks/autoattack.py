@@ -1,30 +1,110 @@
-"""AutoAttack (standard, Linf) via torchattacks."""
+"""AutoAttack, the authors' reference code (``pyautoattack``), L-inf and L2.
+
+torchattacks' port stays reachable as ``ta:AutoAttack``.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import logging
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from robustbench_lta import UserError
 from robustbench_lta.plugins import Attack, AttackKind, AttackParams, ThreatModel, register_attack
+
+_VERSIONS = ("standard", "plus", "rand")
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward hands on a contiguous gradient: pyautoattack calls ``.view`` on
+    input gradients, which fails on the channels_last (NHWC) gradients of an NHWC model."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
+
+
+class _Contiguous(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(_ContiguousGrad.apply(x.contiguous())).contiguous()
+
+
+class _AutoAttackBase(Attack):
+    kind = AttackKind.WHITE_BOX
+    iterative = True
+    randomized = True
+    _norm = "Linf"
+
+    class Params(AttackParams):
+        version: Literal["standard", "plus", "rand"] = "standard"
+
+    def __init__(self, *, seed: int = 0, **params: Any) -> None:
+        super().__init__(seed=seed, **params)
+        if self.params["version"] not in _VERSIONS:
+            raise UserError(f"attack '{self.name}': version must be one of {', '.join(_VERSIONS)}, "
+                            f"got {self.params['version']!r}")
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+        try:
+            from pyautoattack import AutoAttack
+        except ImportError:
+            raise UserError(f"attack '{self.name}' needs the authors' AutoAttack: "
+                            "pip install 'robustbench-lta[autoattack]' (or use ta:AutoAttack)") from None
+        if float(eps) <= 0 or len(x) == 0:
+            return x.detach().clone()
+        wrapped = _Contiguous(model)
+        x0 = x.detach().contiguous()
+        with self.frozen(model), self.global_rng(x.device), torch.enable_grad():
+            with torch.no_grad():
+                n_classes = int(wrapped(x0[:1]).shape[1])
+            attack = AutoAttack(wrapped, norm=self._norm, eps=float(eps), version=str(self.params["version"]),
+                                seed=self.seed, device=x.device)
+            # the targeted attacks aim at the top 9 other classes; fewer classes: all of them
+            attack.apgd_targeted.n_target_classes = min(attack.apgd_targeted.n_target_classes, n_classes - 1)
+            attack.fab.n_target_classes = min(attack.fab.n_target_classes, n_classes - 1)
+            logger = logging.getLogger("auto-attack")
+            level = logger.level
+            logger.setLevel(logging.ERROR)  # its checks log advice as warnings; the engine has its own
+            try:
+                out, _ = attack.run_standard_evaluation(x0, y.detach(), batch_size=len(x0))
+            finally:
+                logger.setLevel(level)
+        out = out.detach().to(x.dtype)
+        delta = out - x
+        if self._norm == "Linf":
+            delta = delta.clamp(-float(eps), float(eps))
+        else:  # float rounding must not leave the L2 ball
+            norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
+            delta = delta * (float(eps) / norms).clamp(max=1.0)
+        return (x + delta).clamp(0.0, 1.0)
 
 
 @register_attack
-class AutoAttack(Attack):
-    r"""AutoAttack: APGD-CE, APGD-T, FAB-T and Square in sequence, each on the survivors.
+class AutoAttackLinf(_AutoAttackBase):
+    r"""AutoAttack (L-inf), the authors' code: APGD-CE, APGD-T, FAB-T and Square on the survivors.
 
     'Reliable evaluation of adversarial robustness with an ensemble of diverse parameter-free
     attacks' [https://arxiv.org/abs/2003.01690]
 
     Distance Measure : Linf
 
-    Runs ``torchattacks.AutoAttack(norm='Linf', version=...)`` with the attack's seed; the number
-    of classes is read from one forward pass. torch's global RNG is forked and restored around the
-    call. The reference evaluation of RobustBench; slow (Square alone uses 5000 queries).
+    Runs ``pyautoattack.AutoAttack(norm='Linf', version=...)`` (Croce and Hein's package, the
+    evaluation RobustBench reports) with the attack's seed; torch's global RNG is forked and restored
+    around the call. Samples it cannot break come back unchanged. torchattacks' port is ``ta:AutoAttack``.
 
     Arguments:
-        version (str): 'standard', 'plus' or 'rand'. (Default: 'standard')
+        version (str): 'standard' (APGD-CE, APGD-T, FAB-T, Square), 'plus' (more restarts and
+            attacks) or 'rand' (APGD with EOT for randomised defences). (Default: 'standard')
 
     Shape:
         - x: :math:`(N, C, H, W)` floats in [0, 1]; y: :math:`(N)` int64.
@@ -33,30 +113,28 @@ class AutoAttack(Attack):
 
     name = "autoattack"
     threat_model = ThreatModel.LINF
-    kind = AttackKind.WHITE_BOX
-    iterative = True
-    randomized = True
-    defaults = {"version": "standard"}
+    _norm = "Linf"
 
-    class Params(AttackParams):
-        version: Literal["standard", "plus", "rand"] = "standard"
 
-    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
-        import torchattacks
+@register_attack
+class AutoAttackL2(_AutoAttackBase):
+    r"""AutoAttack (L2), the authors' code: APGD-CE, APGD-T, FAB-T and Square on the survivors.
 
-        if float(eps) <= 0:
-            return x.detach().clone()
-        with torch.no_grad():
-            n_classes = int(model(x[:1]).shape[1])
-        with self.frozen(model), self.global_rng(x.device), torch.enable_grad():
-            attack = torchattacks.AutoAttack(
-                model,
-                norm="Linf",
-                eps=float(eps),
-                version=str(self.params["version"]),
-                n_classes=n_classes,
-                seed=self.seed,
-            )
-            out = attack(x.detach(), y)
-        out = torch.max(torch.min(out.detach().to(x.dtype), x + float(eps)), x - float(eps))
-        return out.clamp(0.0, 1.0)
+    'Reliable evaluation of adversarial robustness with an ensemble of diverse parameter-free
+    attacks' [https://arxiv.org/abs/2003.01690]
+
+    Distance Measure : L2
+
+    As ``autoattack`` with ``norm='L2'``: the budget is the L2 norm of the perturbation.
+
+    Arguments:
+        version (str): 'standard', 'plus' or 'rand'. (Default: 'standard')
+
+    Shape:
+        - x: :math:`(N, C, H, W)` floats in [0, 1]; y: :math:`(N)` int64.
+        - output: :math:`(N, C, H, W)` in [0, 1], ``||x_adv - x||_2 <= eps``.
+    """
+
+    name = "autoattack-l2"
+    threat_model = ThreatModel.L2
+    _norm = "L2"

@@ -220,35 +220,44 @@ def _parse_eps(text: str) -> list[float]:
 
 def _parse_attack_flag(text: str) -> dict[str, Any]:
     """``pgd-linf`` or ``pgd-linf:steps=20,restarts=2`` -> an attack spec."""
-    import yaml
+    from .config import parse_attack_string
 
-    name, _, rest = text.partition(":")
-    if name in ("ta", "fb"):  # adapters keep their colon: ta:PGD or ta:PGD:steps=10
-        cls, _, rest = rest.partition(":")
-        if not cls:
-            raise UserError(f"--attack {text!r}: name the library class, e.g. {name}:PGD")
-        name = f"{name}:{cls}"
-    params: dict[str, Any] = {}
-    for item in filter(None, rest.split(",")):
-        if "=" not in item:
-            raise UserError(f"--attack {text!r}: parameters go as name:key=value,key=value")
-        k, v = item.split("=", 1)
-        k = k.strip()
-        if not k:
-            raise UserError(f"--attack {text!r}: a parameter has no name (write key=value)")
-        if k in params:  # keeping the last one silently would run a sweep nobody asked for
-            raise UserError(f"--attack {text!r}: parameter {k} is given twice; give it once")
-        try:
-            params[k] = yaml.safe_load(v) if v.strip() else ""
-        except yaml.YAMLError:
-            raise UserError(f"--attack {text!r}: the value of {k} ({v!r}) is not a number, word, "
-                            "true/false or [list]") from None
-    return {"name": name, "params": params}
+    return parse_attack_string(text, flag="--attack")
+
+
+def _model_specs(models: tuple[str, ...], archs: tuple[str, ...], download: bool,
+                 resize_inputs: bool = False) -> list[dict[str, Any]]:
+    """``--model`` values as specs; each ``--arch`` goes, in order, to a bare weights file (a
+    .safetensors/.pt/.pth without a .json card beside it)."""
+    specs: list[dict[str, Any]] = [{"source": m} for m in models]
+    bare = [s for s in specs if Path(s["source"]).suffix in (".safetensors", ".pt", ".pth")
+            and not Path(s["source"]).with_suffix(".json").is_file()]
+    if archs:
+        if len(archs) != len(bare):
+            raise UserError(f"{len(archs)} --arch for {len(bare)} bare weights file(s) among --model: give "
+                            "one --arch per .safetensors/.pt file without a .json card, in the same order")
+        for spec, arch in zip(bare, archs, strict=True):
+            spec["arch"] = arch
+    for spec in specs:
+        if download:
+            spec["download"] = True
+        if resize_inputs:
+            spec["resize_inputs"] = True
+    return specs
 
 
 @cli.command("sweep")
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
-@click.option("--model", "models", multiple=True, help="Checkpoint or registry name (repeatable).")
+@click.option("--model", "models", multiple=True,
+              help="Checkpoint, registry name, robustbench:D/T/NAME, timm:NAME, torchvision:NAME, "
+                   "hf-hub:ORG/REPO or a bare .safetensors (repeatable; see docs/models.md).")
+@click.option("--arch", "archs", multiple=True,
+              help="Architecture of a bare weights --model (registry name, timm:NAME, torchvision:NAME); "
+                   "one per bare file, in order.")
+@click.option("--download", is_flag=True, help="Fetch missing pretrained weights (off: nothing downloads).")
+@click.option("--resize-inputs", is_flag=True,
+              help="Each model resizes images to its card's input size inside itself (e.g. timm at 224 on "
+                   "CIFAR's 32x32, side by side with CIFAR models); budgets stay on the data's pixels.")
 @click.option("--attack", "attacks", multiple=True,
               help="Attack name, optionally with params: pgd-linf:steps=20 (repeatable).")
 @click.option("--eps", default=None, help="Comma-separated budgets, e.g. 0,1,2,4,8 (see --eps-scale).")
@@ -273,7 +282,9 @@ def _parse_attack_flag(text: str) -> dict[str, Any]:
 @click.option("--out", default=None, help="Results folder (default results/<config name> or results/sweep).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def sweep_cmd(config: str | None, models: tuple[str, ...], attacks: tuple[str, ...], eps: str | None,
+def sweep_cmd(config: str | None, models: tuple[str, ...], archs: tuple[str, ...], download: bool,
+              resize_inputs: bool,
+              attacks: tuple[str, ...], eps: str | None,
               eps_scale: float | None, data: str | None, n: int | None, batch_size: int | None,
               device: str | None, seed: int | None, accounting: str | None, executor: str | None,
               shard_size: int | None, retry_invalid: bool | None, replace: bool | None,
@@ -286,7 +297,9 @@ def sweep_cmd(config: str | None, models: tuple[str, ...], attacks: tuple[str, .
 
     raw: dict[str, Any] = read_yaml(config) if config else {}
     if models:
-        raw["models"] = [{"source": m} for m in models]
+        raw["models"] = _model_specs(models, archs, download, resize_inputs)
+    elif archs:
+        raise UserError("--arch goes with a bare weights --model FILE.safetensors")
     if attacks:
         raw["attacks"] = [_parse_attack_flag(a) for a in attacks]
     if eps is not None:
@@ -321,7 +334,10 @@ def sweep_cmd(config: str | None, models: tuple[str, ...], attacks: tuple[str, .
     click.echo(_setup_line("sweep", cfg.device, cfg.amp, cfg.channels_last, cfg.compile))
     summary = run_with_executor(cfg, progress=not quiet)
     _print_summary(summary)
-    click.echo(f"results in {summary.attrs.get('out_dir', cfg.out)}")
+    out_dir = Path(summary.attrs.get("out_dir", cfg.out or "."))
+    if (out_dir / "published.csv").is_file():  # zoo models: the publisher's numbers beside ours
+        _print_published(out_dir / "published.csv")
+    click.echo(f"results in {out_dir}")
     _warn_sanity(summary)
     raise_if_cells_not_ok(summary)
 
@@ -330,6 +346,22 @@ def _warn_sanity(summary: Any) -> None:
     message = sanity_warning(summary)
     if message:
         click.echo(f"warning: {message}", err=True)
+
+
+def _print_published(path: Path) -> None:
+    import math
+
+    import pandas as pd
+
+    def pct(v: float) -> str:
+        return "-" if math.isnan(v) else f"{v:.1%}"
+
+    rows = [[r.model, r.metric if r.metric == "clean" else f"robust {r.norm} {r.eps * 255:.3g}/255",
+             pct(r.published), pct(r.measured),
+             "-" if math.isnan(r.difference) else f"{100 * r.difference:+.1f}",
+             int(r.n), r.measured_by] for r in pd.read_csv(path).itertuples(index=False)]
+    _echo_table("published vs measured", ["model", "metric", "published", "measured", "diff (pp)", "n",
+                                           "measured by"], rows)
 
 
 def _print_summary(summary: Any) -> None:

@@ -114,14 +114,20 @@ class TrainConfig(_Strict):
 
 # ----------------------------------------------------------------------------------------- sweep
 class SweepModelSpec(_Strict):
-    """A model to attack: a checkpoint path, or a registry name (untrained unless a checkpoint)."""
+    """A model to attack: any model source (docs/models.md)."""
 
     name: str | None = Field(None, description="label in the results (default: derived from source)")
-    source: str = Field(description="checkpoint path (.safetensors/.json/run folder) or registry name")
+    source: str = Field(description="checkpoint path (.safetensors/.json/run folder), registry name, "
+                        "robustbench:<dataset>/<threat>/<name>, timm:<name>, torchvision:<name>, "
+                        "hf-hub:<org>/<repo>, or a bare .safetensors state dict with arch")
+    arch: str | None = Field(None, description="architecture of a bare state dict: a registry name, "
+                             "timm:<name> or torchvision:<name>")
     width: float = Field(1.0, gt=0, description="channel-width multiplier (registry names only)")
     num_classes: int | None = Field(
         None, gt=0, description="logits of an untrained registry model (default 10; checkpoints: the card)"
     )
+    download: bool = Field(False, description="fetch missing pretrained weights (never done otherwise)")
+    resize_inputs: bool = Field(False, description="resize images to the card's input size inside the model")
 
 
 def _check_eps_list(v: list[float], what: str) -> list[float]:
@@ -256,6 +262,33 @@ class SweepConfig(_Strict):
     def eps_unit(self) -> list[float]:
         """The sweep's eps on the [0,1] image scale."""
         return [e / self.eps_scale for e in self.eps]
+
+
+def parse_attack_string(text: str, flag: str = "attack") -> dict[str, Any]:
+    """``pgd-linf`` or ``pgd-linf:steps=20,restarts=2`` (or ``ta:PGD:steps=10``) -> an attack spec dict,
+    the values parsed as YAML; the CLI's ``--attack`` and ``run_sweep``'s strings share it."""
+    name, _, rest = text.partition(":")
+    if name in ("ta", "fb"):  # adapters keep their colon: ta:PGD or ta:PGD:steps=10
+        cls, _, rest = rest.partition(":")
+        if not cls:
+            raise UserError(f"{flag} {text!r}: name the library class, e.g. {name}:PGD")
+        name = f"{name}:{cls}"
+    params: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        if "=" not in item:
+            raise UserError(f"{flag} {text!r}: parameters go as name:key=value,key=value")
+        k, v = item.split("=", 1)
+        k = k.strip()
+        if not k:
+            raise UserError(f"{flag} {text!r}: a parameter has no name (write key=value)")
+        if k in params:  # keeping the last one silently would run a sweep nobody asked for
+            raise UserError(f"{flag} {text!r}: parameter {k} is given twice; give it once")
+        try:
+            params[k] = yaml.safe_load(v) if v.strip() else ""
+        except yaml.YAMLError:
+            raise UserError(f"{flag} {text!r}: the value of {k} ({v!r}) is not a number, word, "
+                            "true/false or [list]") from None
+    return {"name": name, "params": params}
 
 
 # ------------------------------------------------------------------------------------- loading

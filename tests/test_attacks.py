@@ -88,6 +88,7 @@ FAST_PARAMS = {
     "mifgsm": {"steps": 5},
     "apgd-ce": {"steps": 5},
     "autoattack": {},
+    "autoattack-l2": {},
     "square": {"n_queries": 100},
     "cw-l2": {"steps": 30, "lr": 0.05, "c": 10.0},
     "deepfool": {"steps": 20},

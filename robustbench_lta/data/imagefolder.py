@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,14 +59,32 @@ def _split_root(path: Path, split: str) -> Path:
     return path
 
 
-def find_images(root: Path) -> tuple[list[str], list[Path], np.ndarray]:
-    """Class names (sorted), image files and labels in torchvision ``ImageFolder`` order."""
-    classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
-    if not classes:
+def find_images(
+    root: Path, classes: Sequence[str] | None = None
+) -> tuple[list[str], list[Path], np.ndarray]:
+    """Class names, image files and labels in torchvision ``ImageFolder`` order.
+
+    With ``classes`` (e.g. a model card's list) each subfolder's label is its index in that list, so
+    a folder holding only some of the classes keeps their indices (never relabelled 0..k-1).
+    """
+    present = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+    if not present:
         raise UserError(f"no class subfolders in {root}: an image folder needs one subfolder per class")
+    if classes is not None:
+        full = [str(c) for c in classes]
+        unknown = [c for c in present if c not in full]
+        if unknown:
+            shown = ", ".join(full[:12]) + (", ..." if len(full) > 12 else "")
+            raise UserError(
+                f"class folder(s) {', '.join(unknown[:5])} in {root} are not among the given classes "
+                f"({shown}): rename them, or attack a model trained on these classes"
+            )
+    else:
+        full = present
     files: list[Path] = []
     labels: list[int] = []
-    for index, cls in enumerate(classes):
+    for cls in present:
+        index = full.index(cls)
         found = 0
         for folder, _, names in sorted(os.walk(root / cls, followlinks=True)):
             for fname in sorted(names):
@@ -78,15 +97,40 @@ def find_images(root: Path) -> tuple[list[str], list[Path], np.ndarray]:
                 f"class folder {root / cls} holds no images ({', '.join(IMG_EXTENSIONS)}): "
                 "add some or remove it"
             )
-    return classes, files, np.asarray(labels, dtype=np.int64)
+    return full, files, np.asarray(labels, dtype=np.int64)
 
 
-def _decode(path: Path) -> np.ndarray:
+def _transform(resize: int | Sequence[int] | None, crop: int | Sequence[int] | None,
+               interpolation: str) -> Any:
+    """torchvision's Resize (shorter side to ``resize``, or to (H, W)) then CenterCrop, or None."""
+    if resize is None and crop is None:
+        return None
+    from torchvision import transforms
+
+    try:
+        mode = transforms.InterpolationMode(interpolation)
+    except ValueError:
+        modes = ", ".join(m.value for m in transforms.InterpolationMode)
+        raise UserError(f"interpolation must be one of {modes}, got {interpolation!r}") from None
+    steps = []
+    for what, value in (("resize", resize), ("crop", crop)):
+        if value is None:
+            continue
+        size = [value] if isinstance(value, int) else list(value)
+        if not size or len(size) > 2 or not all(isinstance(v, int) and v > 0 for v in size):
+            raise UserError(f"{what} must be a positive integer or [height, width], got {value!r}")
+        steps.append(transforms.Resize(size if len(size) == 2 else size[0], interpolation=mode,
+                                       antialias=True) if what == "resize" else transforms.CenterCrop(size))
+    return transforms.Compose(steps)
+
+
+def _decode(path: Path, transform: Any = None) -> np.ndarray:
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            rgb = im.convert("RGB")
+            return np.asarray(transform(rgb) if transform is not None else rgb)
     except OSError as exc:
         raise UserError(f"cannot read image {path}: {exc}") from exc
 
@@ -100,24 +144,32 @@ def load_imagefolder(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     workers: int | None = None,
+    resize: int | Sequence[int] | None = None,
+    crop: int | Sequence[int] | None = None,
+    interpolation: str = "bilinear",
+    classes: Sequence[str] | None = None,
 ) -> ImageDataset:
     """Decode a folder of class subfolders into memory (only the first ``n`` if given).
 
     ``PATH`` may be the folder of class subfolders, or a folder with ``train/`` and ``test/`` in it
-    (picked by ``split``). All images must have the same size (nothing is resized). ``mean``/``std``
-    default to the per-channel statistics of the loaded images.
+    (picked by ``split``). ``resize`` (shorter side, or ``[H, W]``) and ``crop`` (centre) apply
+    torchvision's transforms while decoding, so folders of mixed sizes (ImageNet's validation set)
+    load; without them all images must have the same size. ``classes`` fixes the label of each
+    subfolder to its index in that list (a model card's classes). ``mean``/``std`` default to the
+    per-channel statistics of the loaded images.
     """
     base = Path(path).expanduser()
     if not base.is_dir():
         raise UserError(f"image folder {base} does not exist (imagefolder:PATH needs a directory)")
     root = _split_root(base, split)
-    classes, files, labels = find_images(root)
+    class_list, files, labels = find_images(root, classes)
     idx = _order(labels, order)
     if n is not None:
         idx = idx[: int(n)]
+    transform = _transform(resize, crop, interpolation)
     workers = workers or min(8, (os.cpu_count() or 1) + 4)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        arrays = list(pool.map(_decode, [files[i] for i in idx], chunksize=64))
+        arrays = list(pool.map(lambda f: _decode(f, transform), [files[i] for i in idx], chunksize=64))
     shapes = Counter(a.shape[:2] for a in arrays)
     if len(shapes) > 1:
         (common, count), *_ = shapes.most_common()
@@ -125,19 +177,21 @@ def load_imagefolder(
         odd_h, odd_w = arrays[pos].shape[:2]
         raise UserError(
             f"images in {root} differ in size ({count} are {common[1]}x{common[0]}, but {files[idx[pos]]} is "
-            f"{odd_w}x{odd_h}): resize them all to one size first"
+            f"{odd_w}x{odd_h}): pass resize= and crop= (e.g. --set data.kwargs.resize=256 "
+            "--set data.kwargs.crop=224) or resize them all to one size first"
         )
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     m, s = _stats(images, mean, std)
     return ImageDataset(
         images,
         torch.from_numpy(labels[idx]),
-        classes=classes,
+        classes=class_list,
         name=name or f"imagefolder:{path}",
         mean=m,
         std=s,
         extras={"file_index": torch.from_numpy(idx.astype(np.int64))},
-        meta={"split": split, "root": str(root), "order": order},
+        meta={"split": split, "root": str(root), "order": order, "resize": resize, "crop": crop,
+              "interpolation": interpolation if (resize or crop) else None},
     )
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 from torch import nn
 
-from ..config import SweepConfig, validate
+from ..config import SweepConfig, parse_attack_string, validate
 from ..errors import UserError
 from ..plugins.base import Attack
 from .sweep import run_sweep_config
@@ -28,7 +28,7 @@ def run_sweep(models: Mapping[str, str | nn.Module] | Sequence[str], attacks: Se
             logits (a list of paths/names is also accepted; labels are then derived). A module is
             handed back as it was found (mode, ``requires_grad``, memory format, device), also when
             the sweep raises.
-        attacks: attack names (``"fgsm"``, ``"ta:PGD"``...), dicts like
+        attacks: attack names (``"fgsm"``, ``"ta:PGD"``, ``"pgd-linf:steps=20"`` as on the CLI), dicts like
             ``{"name": "pgd-linf", "params": {"steps": 20}, "label": "pgd20"}``, or Attack instances.
         eps: budgets on the [0,1] scale (e.g. ``[0, 2/255, 8/255]``).
         data: a Dataset, a DataLoader, an ``(x, y)`` pair of tensors in any layout, or a dataset
@@ -53,7 +53,7 @@ def run_sweep(models: Mapping[str, str | nn.Module] | Sequence[str], attacks: Se
         elif isinstance(a, Mapping):
             specs.append(dict(a))
         else:
-            specs.append({"name": str(a)})
+            specs.append(parse_attack_string(str(a)))
     data_spec = None
     if isinstance(data, str):
         data_spec, data = {"name": data}, None

@@ -7,7 +7,6 @@ Also what the engine promises a caller's module: it is handed back as it was fou
 from __future__ import annotations
 
 import hashlib
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +16,7 @@ import torch
 from torch import nn
 
 from ..config import DataSpec, SweepModelSpec
-from ..errors import UserError
-from ..models.registry import create_model, list_models
-from ..training.checkpoint import load_model
+from ..sources import resolve_model_source
 
 
 @dataclass
@@ -55,33 +52,22 @@ def _fingerprint(module: nn.Module, arch: str) -> dict[str, Any]:
 
 
 def load_sweep_model(spec: SweepModelSpec | nn.Module, label: str | None, seed: int) -> LoadedModel:
-    """A checkpoint path, a registry name (untrained, with a warning) or any nn.Module."""
+    """Any nn.Module, or a model source resolved by :mod:`robustbench_lta.sources` (checkpoint,
+    registry name, robustbench:, timm:, torchvision:, hf-hub:, bare weights with ``arch``)."""
     if isinstance(spec, nn.Module):
         return LoadedModel(label or type(spec).__name__, spec, f"module:{type(spec).__name__}",
                            _fingerprint(spec, type(spec).__name__), getattr(spec, "card", None))
-    source = spec.source
-    path = Path(source).expanduser()
-    if path.exists():
-        model = load_model(path)
-        card = getattr(model, "card", None) or {}
-        name = label or spec.name or str((card.get("model") or {}).get("name") or path.stem)
-        arch = str((card.get("model") or {}).get("name") or type(model).__name__)
-        return LoadedModel(name, model, str(path), _fingerprint(model, arch), card, spec)
-    if source in list_models():
-        warnings.warn(f"model '{source}' is a registry name without a checkpoint: attacking an "
-                      "UNTRAINED model (pass a checkpoint path to attack a trained one)", stacklevel=2)
-        torch.manual_seed(seed)
-        model = create_model(source, num_classes=spec.num_classes or 10, width=spec.width)
-        return LoadedModel(label or spec.name or source, model, f"registry:{source}",
-                           _fingerprint(model, f"{source}@{spec.width}"), None, spec)
-    suffix = " (the path does not exist)" if ("/" in source or "." in source) else ""
-    import difflib
-
-    close = difflib.get_close_matches(source, list_models(), n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close and not suffix else ""
-    raise UserError(f"model '{source}' is neither a checkpoint file nor a registered model name{suffix}"
-                    f"{hint}: see `robustbench-lta models` or pass a .safetensors/.json checkpoint or "
-                    "run folder")
+    resolved = resolve_model_source(spec.source, arch=spec.arch, name=label or spec.name,
+                                    num_classes=spec.num_classes, width=spec.width, seed=seed,
+                                    download=spec.download, resize_inputs=spec.resize_inputs)
+    card = resolved.card
+    default = (spec.source.split(":", 1)[1].rstrip("/").split("/")[-1].split("@")[0]
+               if spec.source.startswith(("robustbench:", "timm:", "torchvision:", "hf-hub:"))
+               else Path(spec.source).stem)
+    if card.details.get("model", {}).get("name"):  # project checkpoints are labelled by architecture
+        default = str(card.details["model"]["name"])
+    return LoadedModel(label or spec.name or default, resolved.module, card.source, resolved.fingerprint,
+                       card.as_dict(), spec)
 
 
 def card_data_spec(card: Mapping[str, Any] | None) -> DataSpec | None:
@@ -94,7 +80,7 @@ def card_data_spec(card: Mapping[str, Any] | None) -> DataSpec | None:
         return DataSpec(name=data["name"], root=data.get("root"), kwargs=dict(data.get("kwargs") or {}))
     ds = card.get("dataset")
     if isinstance(ds, Mapping) and ds.get("name"):
-        return DataSpec(name=ds["name"], kwargs=dict(ds.get("kwargs") or {}))
+        return DataSpec(name=ds["name"], root=ds.get("root"), kwargs=dict(ds.get("kwargs") or {}))
     if isinstance(ds, str):
         return DataSpec(name=ds)
     return None

@@ -92,24 +92,41 @@ def _output_width(module: nn.Module, x: torch.Tensor) -> int:
         return int(module(x.float()).shape[1])
 
 
+def _check_cards(models: list[LoadedModel], classes: Sequence[str], size: tuple[int, int], data: str,
+                 resized: bool) -> None:
+    """Class names and input size against each model's card: a mismatch names both sides."""
+    from ..sources import check_data_against_card
+
+    for lm in models:
+        if lm.card and "class_names" in lm.card:
+            check_data_against_card(classes, size, lm.card, model=lm.label, data=data, resized=resized)
+
+
 def resolve_source(cfg: SweepConfig, data: Any, models: list[LoadedModel],
                    classes: Sequence[str] | None) -> SampleSource:
     if data is None:
         spec = cfg.data or card_data_spec(models[0].card)
         if spec is None:
             raise UserError("no dataset given and the first model's card names none: pass --data NAME")
+        kwargs = dict(spec.kwargs)
+        card_classes = (models[0].card or {}).get("class_names")
+        if spec.name.startswith("imagefolder:") and card_classes and "classes" not in kwargs:
+            kwargs["classes"] = card_classes  # a folder of some classes keeps the card's label indices
+        resized = bool(kwargs.get("resize") or kwargs.get("crop"))
         if spec.name.startswith("imagefolder:"):  # on disk: decoded batch by batch, never all at once
             from ..data.streaming import ImageFolderStream
 
-            keep = {k: v for k, v in spec.kwargs.items() if k in ("order", "resize", "crop", "classes")}
+            keep = {k: v for k, v in kwargs.items() if k in ("order", "resize", "crop", "classes",
+                                                             "interpolation")}
             stream = ImageFolderStream(spec.name.split(":", 1)[1], split="test", n=cfg.n, **keep)
+            _check_cards(models, stream.classes, stream.image_size, spec.name, resized)
             source = from_dataset(stream, cfg.n, stream.classes)
             source.num_workers = min(4, os.cpu_count() or 1)
             source.name = stream.name
             source.fingerprint = {**_data_fingerprint_base(spec), **source.fingerprint, "name": "imagefolder"}
             return source
-        ds = load_dataset(spec.name, split="test", root=spec.root, download=spec.download, n=cfg.n,
-                          **spec.kwargs)
+        ds = load_dataset(spec.name, split="test", root=spec.root, download=spec.download, n=cfg.n, **kwargs)
+        _check_cards(models, ds.classes, ds.image_size, spec.name, resized)
         return from_image_dataset(ds, cfg.n, _data_fingerprint_base(spec))
     if isinstance(data, SampleSource):
         return data
@@ -259,6 +276,7 @@ def execute(sweep: Sweep, progress: bool = True) -> pd.DataFrame:
                         for lm in sweep.models}
         summary = assemble(store, [lm.label for lm in sweep.models], cells, sweep.source.name,
                            sweep.traits(), model_sanity)
+        _write_published(store, summary, sweep.models)
         n_run = sum(len(v) for v in done.values())
         counts = {"units_run": n_run, "units_reused": sum(len(v) for v in pending.stored.values()),
                   "cells": len(sweep.cells), **{f"cells_{k}": v for k, v in not_ok_counts(summary).items()}}
@@ -267,6 +285,18 @@ def execute(sweep: Sweep, progress: bool = True) -> pd.DataFrame:
     summary.attrs["out_dir"] = str(store.root)
     summary.attrs["counts"] = counts
     return summary
+
+
+def _write_published(store: ResultStore, summary: pd.DataFrame, models: list[LoadedModel]) -> None:
+    """Published vs measured beside the summary, for models whose card carries published numbers."""
+    from ..sources.published import published_comparison
+
+    published = published_comparison(summary, {lm.label: lm.card for lm in models})
+    if len(published):
+        store.write_table("published", published, csv_too=True)
+    else:  # no stale comparison from an earlier sweep into this folder
+        for suffix in (".csv", ".parquet"):
+            store.layout.table("published", suffix).unlink(missing_ok=True)
 
 
 def _read_model_sanity(store: ResultStore, label: str, key: str) -> list[dict[str, Any]]:

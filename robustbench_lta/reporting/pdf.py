@@ -25,6 +25,7 @@ from .attention_figures import drift_page, drift_table, map_grid_page
 from .curves import curves_table, per_class_page, per_class_views, robustness_curve_pages
 from .load import WORST_CASE, ResultsBundle, eps_label, load_results, model_palette
 from .pages import PageSink, report_style
+from .published import published_section
 from .tables import SANITY_EXPLAIN, STATUS_COLOURS, all_tables, sanity_table, write_table
 from .verdict import compute_verdict
 
@@ -237,6 +238,7 @@ def _render(
             result.tables += write_table(num, files, name)
         result.tables += write_table(pre["auc"], files, "curve_auc")
         _table_section(sink, pre, bundle)
+        result.tables += published_section(sink, bundle, files)  # zoo models: published vs measured
 
         # 4. Attention under attack
         section(3)
