@@ -95,7 +95,8 @@ def train_cmd(config: str, overrides: tuple[str, ...], out: str | None) -> None:
     if out:
         cfg.out = out
     result = train(cfg)
-    click.echo(f"best test accuracy {result.best_acc:.2%}; checkpoint {result.best_path}")
+    click.echo(f"test accuracy {result.test_acc:.2%} (chosen epoch {result.best_epoch}, measured once); "
+               f"checkpoint {result.best_path}")
 
 
 # ------------------------------------------------------------------------------------ attacks
@@ -244,7 +245,7 @@ def demo_cmd(skip_train: bool, quick: bool) -> None:
     if not skip_train:
         for path in train_cfgs:
             result = train(load_config(TrainConfig, path))
-            click.echo(f"{path.name}: best test accuracy {result.best_acc:.2%}")
+            click.echo(f"{path.name}: test accuracy {result.test_acc:.2%} (chosen epoch {result.best_epoch})")
     overrides = ["n=200", "attacks=[{name: fgsm}, {name: pgd-linf}]"] if quick else []
     cfg = load_config(SweepConfig, sweep_path, overrides)
     summary = run_with_executor(cfg, progress=True)

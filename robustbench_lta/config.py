@@ -63,6 +63,13 @@ class TrainConfig(_Strict):
     channels_last: bool = True
     num_workers: int = Field(0, ge=0)
     eval_every: int = Field(1, gt=0)
+    val_fraction: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="share of the training images held out (seeded, stratified) to choose `best` on; "
+        "0: no hold-out, `best` is the last epoch. The test split is measured once, for the chosen epoch",
+    )
     out: str | None = Field(None, description="output folder (default runs/<model name>)")
 
 
