@@ -216,11 +216,23 @@ def _print_summary(summary: Any) -> None:
 @click.argument("results", nargs=-1, required=True, type=click.Path())
 @click.option("--out", default="reports/report.pdf", show_default=True, help="PDF to write.")
 @click.option("--title", default=None)
-def report_cmd(results: tuple[str, ...], out: str, title: str | None) -> None:
-    """Make a comparison report (PDF + PNG figures + CSV/Markdown tables) from RESULTS folders."""
+@click.option("--force", is_flag=True,
+              help="Compare folders that evaluated different data or samples (page 1 then says so).")
+@click.option("--curves", type=click.Choice(["robust", "conditional", "both"]), default="both",
+              show_default=True,
+              help="Curves of robust accuracy, of robust accuracy among clean-correct images, or both.")
+def report_cmd(results: tuple[str, ...], out: str, title: str | None, force: bool, curves: str) -> None:
+    """Make a comparison report (PDF + PNG figures + CSV/Markdown tables) from RESULTS folders.
+
+    Folders that evaluated different data or samples are refused unless --force. When no strong
+    attack ran, page 1 says the numbers are upper bounds and names the command that adds AutoAttack
+    to the same results folder.
+    """
     from .reporting.pdf import build_report
 
-    res = build_report([Path(r) for r in results], Path(out), title=title)
+    res = build_report([Path(r) for r in results], Path(out), title=title, force=force, curves=curves)
+    for caveat in res.verdict.get("caveats", []):
+        click.echo(f"note: {caveat}", err=True)
     click.echo(f"report: {res.pdf}")
 
 

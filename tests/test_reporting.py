@@ -22,7 +22,8 @@ import pytest
 from robustbench_lta.errors import UserError
 from robustbench_lta.reporting.load import EPS_TOL, load_results
 from robustbench_lta.reporting.pdf import SECTIONS, build_report
-from robustbench_lta.reporting.verdict import compute_verdict, newcombe_diff, paired_bootstrap_diff
+from robustbench_lta.reporting.stats import newcombe_diff, paired_diff_ci
+from robustbench_lta.reporting.verdict import compute_verdict
 
 BASE, ATT = "vgg16", "vgg16_att3_concat_pc"
 EPS = [0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255]
@@ -370,7 +371,7 @@ def test_verdict_names_more_robust_model(results_dir: Path) -> None:
         assert c["diff"] == pytest.approx(c["acc_a"] - c["acc_b"])
         lo, hi = c["ci"]
         assert lo <= c["diff"] + 1e-9 and c["diff"] - 1e-9 <= hi
-        assert c["method"] == "paired bootstrap" and c["n"] == N
+        assert c["method"] == "paired" and c["test"] == "exact McNemar" and c["n"] == N
     head = next(c for c in linf["comparisons"] if abs(c["eps"] - 8 / 255) < EPS_TOL)
     assert head["significant"] and head["better"] == ATT
     at8 = wc[np.abs(wc["eps"] - 8 / 255) < EPS_TOL].set_index("model")["robust_acc"]
@@ -392,7 +393,7 @@ def test_verdict_without_samples_uses_newcombe(results_dir: Path, tmp_path: Path
     (folder / "samples.parquet").unlink()
     res = build_report([folder], tmp_path / "r.pdf")
     comp = next(c for c in res.verdict["norms"]["linf"]["comparisons"] if abs(c["eps"] - 8 / 255) < EPS_TOL)
-    assert comp["method"] == "newcombe" and comp["significant"] and comp["better"] == ATT
+    assert comp["method"] == "unpaired" and comp["significant"] and comp["better"] == ATT
     assert any("samples.parquet" in w for w in res.warnings)
     _, text = _pdf_text(res.pdf)
     assert "more robust than" in text
@@ -464,16 +465,20 @@ def test_only_unbounded_attack(results_dir: Path, tmp_path: Path) -> None:
 def test_two_folders_disambiguated(results_dir: Path, tmp_path: Path) -> None:
     a = _copy(results_dir, tmp_path / "run_a")
     b = make_results(tmp_path / "run_b", seed=1)
-    bundle = load_results([a, b])
+    with pytest.raises(UserError, match="different samples.*--force"):
+        load_results([a, b])  # run_b drew other labels for the same indices
+    bundle = load_results([a, b], force=True)
+    assert bundle.forced and "different samples" in bundle.forced[0]
     assert bundle.models == sorted([f"{m} [{r}]" for m in (BASE, ATT) for r in ("run_a", "run_b")])
     assert set(bundle.attention_npz) == {f"{ATT} [run_a]", f"{ATT} [run_b]"}
-    res = build_report([a, b], tmp_path / "two.pdf")
+    res = build_report([a, b], tmp_path / "two.pdf", force=True)
     _, text = _pdf_text(res.pdf)
     assert f"{BASE} [run_a]" in text and f"{ATT} [run_b]" in text
+    assert "FORCED COMPARISON (--force)" in text.split("VERDICT")[0]
     # run_b drew other labels for the same indices: comparisons across the runs must not be paired
     for comp in res.verdict["norms"]["linf"]["comparisons"]:
         across = comp["model_a"].endswith("[run_a]") != comp["model_b"].endswith("[run_a]")
-        assert comp["method"] == ("newcombe" if across else "paired bootstrap")
+        assert comp["method"] == ("unpaired" if across else "paired")
     robust = pd.read_csv(tmp_path / "two_files" / "robust_accuracy.csv")
     assert set(robust["model"]) == set(bundle.models)
     _check_pngs(res.pngs)
@@ -498,11 +503,11 @@ def test_user_errors(tmp_path: Path) -> None:
 def test_intervals() -> None:
     a = np.r_[np.ones(80), np.zeros(20)]
     b = np.r_[np.ones(40), np.zeros(60)]
-    lo, hi = paired_bootstrap_diff(a, b)
+    lo, hi = paired_diff_ci(a, b)
     assert 0.28 < lo < 0.4 < hi < 0.52
-    lo, hi = paired_bootstrap_diff(a, a)
+    lo, hi = paired_diff_ci(a, a)
     assert lo == hi == 0
-    lo, hi = newcombe_diff(0.8, 100, 0.4, 100)
+    lo, hi = newcombe_diff(80, 100, 40, 100)
     assert 0.25 < lo < 0.4 < hi < 0.55
 
 
