@@ -100,7 +100,7 @@ def map_grid_page(model: str, path: Path, classes: list[str] | None, title: str)
         f"on clean inputs and under {attack}; title = true -> predicted label (red: wrong). {picked}",
     )
     ncol, nrow = len(cols), max(k, 1)
-    top, bottom, left, right = 0.83, 0.03, 0.02, 0.98
+    top, bottom, left, right = 0.79, 0.03, 0.02, 0.98  # below a three-line subtitle
     cell = min((top - bottom) * 8.27 / nrow, (right - left) * 11.69 / ncol)
     gs = fig.add_gridspec(
         nrow,
@@ -266,30 +266,23 @@ def drift_page(tab: pd.DataFrame, palette: dict[str, Any], title: str) -> Figure
         len(attacks),
         left=0.07,
         right=0.80,
-        top=0.80,
-        bottom=0.08 if has_box else 0.38,
+        top=0.76,
+        bottom=0.08 if has_box else 0.36,
         hspace=0.42,
         wspace=0.38,
     )
     for c, attack in enumerate(attacks):
         d = tab[tab["attack"] == attack]
         ax = fig.add_subplot(gs[0, c])
-        first_level = int(d["level"].min()) if len(d) else 0
+        # n: the samples behind each point (the same for every level), written above the highest band
+        for (m, e), g in d.groupby(["model", "eps"], sort=True):
+            top = float(np.nanmax(g["js_hi"].to_numpy(float))) if np.isfinite(g["js_hi"]).any() else 0.0
+            ax.annotate(f"n={int(g['n'].iloc[0])}", (float(e) * 255, top), textcoords="offset points",
+                        xytext=(0, 5), ha="center", fontsize=6.5, color=palette[m])
         for (m, lev), g in d.groupby(["model", "level"], sort=True):
             g = g.sort_values("eps")
             x = g["eps"].to_numpy() * 255
             ls = LINESTYLES[int(lev) % len(LINESTYLES)] if len(x) >= 3 else "none"
-            if int(lev) == first_level:  # n is the same for every level of one model and eps
-                for xi, yi, ni in zip(x, g["js_hi"].to_numpy(float), g["n"].to_numpy(int), strict=True):
-                    ax.annotate(
-                        f"n={ni}",
-                        (xi, yi if np.isfinite(yi) else 0.0),
-                        textcoords="offset points",
-                        xytext=(0, 4),
-                        ha="center",
-                        fontsize=6.5,
-                        color=palette[m],
-                    )
             ax.plot(
                 x,
                 g["js_mean"],
@@ -303,7 +296,7 @@ def drift_page(tab: pd.DataFrame, palette: dict[str, Any], title: str) -> Figure
         ax.set_title(f"JS divergence, {attack}", pad=12)
         ax.set_xlabel("eps (x/255)")
         ax.set_ylabel("JS divergence (bits)")
-        ax.set_ylim(bottom=0)
+        ax.set_ylim(bottom=0, top=ax.get_ylim()[1] * 1.12)  # room for the n labels
         ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
         if has_box:
             ax2 = fig.add_subplot(gs[1, c])

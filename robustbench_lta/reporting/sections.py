@@ -37,8 +37,9 @@ def table_section(sink: PageSink, pre: dict[str, Any], bundle: ResultsBundle) ->
     tables["curve_auc"] = (
         pre["auc"],
         None,
-        "Area under the robustness curves: mean robust accuracy (%) over "
-        "each curve's eps range (trapezoid / range).",
+        "Area under the robustness curves: mean robust accuracy (%) over each curve's eps range "
+        "(trapezoid / range), and the same among clean-correct images; empty for curves with fewer than "
+        "3 budgets. Areas over different eps ranges do not compare.",
     )
     for name, (num, txt, caption) in tables.items():
         shown = (txt if txt is not None else num).copy()

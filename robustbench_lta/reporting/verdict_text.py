@@ -24,6 +24,10 @@ def _ci(c: dict[str, Any]) -> str:
     )
 
 
+def _where(c: dict[str, Any]) -> str:
+    return "clean" if c.get("eps") is None else eps_label(c["eps"])
+
+
 def _focus(comparisons: list[dict[str, Any]], best: str | None, n_models: int) -> list[dict[str, Any]]:
     """All pairs for two models; with more, only the pairs involving the leading model (readable text)."""
     if n_models <= 2 or best is None:
@@ -163,8 +167,9 @@ def verdict_text(v: dict[str, Any], caveats: bool = True) -> str:
                     f"At {eps_label(hc['eps'])}, no significant difference between {a} and {b} after Holm "
                     f"correction ({_pp(hc['diff'])} pp, {_ci(hc)})."
                 )
-            survive = [f"{eps_label(c['eps'])} ({c['better']})" for c in cs if c["significant"]]
-            fail = [eps_label(c["eps"]) for c in cs if not c["significant"]]
+            clean = [c for c in v["clean_comparisons"] if (c["model_a"], c["model_b"]) == (a, b)]
+            survive = [f"{_where(c)} ({c['better']})" for c in clean + cs if c["significant"]]
+            fail = [_where(c) for c in clean + cs if not c["significant"]]
             if len(accs) == 2:  # with more models the per-eps detail is in the tables and verdict.json
                 parts.append(
                     f"Holm correction over this pair's {cs[0].get('family', len(cs))} tests (clean accuracy "
