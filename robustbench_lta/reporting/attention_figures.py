@@ -292,7 +292,13 @@ def drift_page(tab: pd.DataFrame, palette: dict[str, Any], title: str) -> Figure
                 color=palette[m],
                 label=f"{m} L{lev}",
             )
-            ax.fill_between(x, g["js_lo"], g["js_hi"], color=palette[m], alpha=0.15, lw=0)
+            if len(x) >= 3:
+                ax.fill_between(x, g["js_lo"], g["js_hi"], color=palette[m], alpha=0.15, lw=0)
+            else:  # points: the interval as bars
+                mean = g["js_mean"].to_numpy(float)
+                err = np.abs(np.vstack([g["js_lo"].to_numpy(float), g["js_hi"].to_numpy(float)]) - mean)
+                ax.errorbar(x, mean, yerr=err, ls="none", capsize=3, color=palette[m], alpha=0.6)
+        ax.set_xlim(-0.03 * max(float(d["eps"].max()) * 255, 1), max(float(d["eps"].max()) * 255, 1) * 1.06)
         ax.set_title(f"JS divergence, {attack}", pad=12)
         ax.set_xlabel("eps (x/255)")
         ax.set_ylabel("JS divergence (bits)")

@@ -117,6 +117,12 @@ def _panel(
     kind: str = "robust",
 ) -> None:
     notes = []
+    # the attacks each model's worst case was really taken over: in the title if all share them
+    over = {
+        m: ", ".join(norm_attacks(bundle.summary[bundle.summary["model"] == m], norm))
+        for m in bundle.models
+        if attack == WORST_CASE and (df["model"] == m).any()
+    }
     for m in bundle.models:
         d = df[df["model"] == m].sort_values("eps")
         if d.empty:
@@ -154,18 +160,24 @@ def _panel(
             [wilson(a * k, k) if np.isfinite(a) else (np.nan, np.nan) for a, k in zip(y, n, strict=True)]
         )
         colour = palette[m]
+        who = m if attack != WORST_CASE or len(set(over.values())) <= 1 else f"{m} (over {over[m]})"
         if len(x) >= MIN_LINE_POINTS:
-            label = f"{m}: AUC {100 * normalised_auc(x, y):.1f}% over {_range(x)}"
+            label = f"{who}: AUC {100 * normalised_auc(x, y):.1f}% over {_range(x)}"
             ax.plot(x, 100 * y, marker="o", ms=4, lw=1.8, color=colour, label=label)
             ax.fill_between(x, 100 * band[:, 0], 100 * band[:, 1], color=colour, alpha=0.18, lw=0)
         else:  # one or two budgets: no line to interpolate between them, no area
-            label = f"{m}: points at {', '.join(f'{v:.3g}' for v in x)}/255 (no AUC)"
+            label = f"{who}: points at {', '.join(f'{v:.3g}' for v in x)}/255 (no AUC)"
             err = np.abs(100 * band.T - 100 * y)
             ax.errorbar(
                 x, 100 * y, yerr=err, ls="none", marker="o", ms=5, capsize=3, color=colour, label=label
             )
+    shared = next(iter(over.values())) if len(set(over.values())) == 1 else "each model's attacks"
     title = (
-        f"worst case, {NORM_NAMES.get(norm, norm)}"
+        "\n".join(
+            textwrap.wrap(
+                f"worst case, {NORM_NAMES.get(norm, norm)} (over {shared})", 48, break_on_hyphens=False
+            )
+        )
         if attack == WORST_CASE
         else f"{attack} ({NORM_NAMES.get(norm, norm)})"
     )

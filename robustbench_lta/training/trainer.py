@@ -56,7 +56,8 @@ from .checkpoint import (
     sha256_file,
     state_dict_for_saving,
 )
-from .selection import RULE_LAST, indices_digest, selection_section, stratified_split
+from .selection import checkpoint_card as _card
+from .selection import hold_out_validation
 
 STATE_NAME = "trainer_state"
 STATE_FORMAT_VERSION = 1
@@ -552,40 +553,6 @@ def _train(
         test_acc=test_acc,
         selection=json.loads((out_dir / "best.json").read_text()).get("selection", {}),
     )
-
-
-def hold_out_validation(
-    train_ds: ImageDataset, config: TrainConfig
-) -> tuple[ImageDataset, ImageDataset | None, dict[str, Any]]:
-    """(training images, validation images or None, the card's selection section before any epoch)."""
-    train_idx, val_idx = stratified_split(train_ds.labels, config.val_fraction, config.seed)
-    if config.val_fraction > 0 and len(val_idx) == 0:
-        raise UserError(
-            f"val_fraction={config.val_fraction} holds out no image of the {len(train_ds)} training images: "
-            "raise data.n_train or val_fraction, or set val_fraction: 0 to keep the last epoch"
-        )
-    section = selection_section(
-        fraction=config.val_fraction,
-        n_val=len(val_idx),
-        n_train=len(train_idx),
-        seed=config.seed,
-        digest=indices_digest(val_idx) if len(val_idx) else None,
-    )
-    if len(val_idx) == 0:
-        return train_ds, None, section
-    return train_ds.subset(torch.as_tensor(train_idx)), train_ds.subset(torch.as_tensor(val_idx)), section
-
-
-def _card(
-    base: dict[str, Any], selection: dict[str, Any], epoch: int, val_acc: float | None, last: bool = False
-) -> dict[str, Any]:
-    """A checkpoint card: ``best`` records the choice; ``last`` is the final epoch, chosen on nothing."""
-    sel = dict(selection)
-    if last and sel.get("split") is not None:
-        sel = {"rule": RULE_LAST, "split": None, "n": 0, "validation": selection}
-    sel.update({"epoch": epoch, "val_accuracy": val_acc})
-    return {**base, "epochs": epoch, "selection": sel, "clean_val_accuracy": val_acc,
-            "clean_test_accuracy": None}
 
 
 def _test_chosen_epoch(
