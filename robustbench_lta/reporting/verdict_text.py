@@ -37,13 +37,14 @@ def _focus(comparisons: list[dict[str, Any]], best: str | None, n_models: int) -
 
 def _weak_sentence(w: dict[str, Any]) -> str:
     norm = NORM_NAMES.get(w["norm"], w["norm"])
+    strong = "`autoattack`" if w["norm"] == "linf" else "`ta:AutoAttack:norm=L2` or `pgd-l2:steps=100`"
     how = (
         f"add AutoAttack at {eps_label(w['eps'])} to the same results folder with "
         + " and ".join(f"`{c}`" for c in w["commands"])
         + " (finished cells are reused and the new attack joins the worst case), then report again"
         if w["commands"]
-        else "add `autoattack` (or pgd-linf:steps=100) at this eps to the sweep's attacks and run it again "
-        "into the same results folder (finished cells are reused), then report again"
+        else f"add {strong} at this eps to the sweep's attacks and run it again into the same results "
+        "folder (finished cells are reused and the new attack joins the worst case), then report again"
     )
     return (
         f"UPPER BOUNDS ONLY: at {eps_label(w['eps'])} ({norm}) no AutoAttack and no PGD/APGD with >= "
