@@ -165,7 +165,8 @@ def train_cmd(config: str, overrides: tuple[str, ...], out: str | None, ddp: boo
     finally:
         distributed.teardown(ctx, ok)
     if ctx is None or ctx.is_main:
-        click.echo(f"best test accuracy {result.best_acc:.2%}; checkpoint {result.best_path}")
+        click.echo(f"test accuracy {result.test_acc:.2%} (chosen epoch {result.best_epoch}, measured once); "
+                   f"checkpoint {result.best_path}")
 
 
 def _setup_line(command: str, device: Any, amp: str, channels_last: bool, compile_: bool = False,
@@ -382,15 +383,27 @@ def _print_summary(summary: Any) -> None:
 @click.argument("results", nargs=-1, required=True, type=click.Path())
 @click.option("--out", default="reports/report.pdf", show_default=True, help="PDF to write.")
 @click.option("--title", default=None)
-def report_cmd(results: tuple[str, ...], out: str, title: str | None) -> None:
-    """Make a comparison report (PDF + PNG figures + CSV/Markdown tables) from RESULTS folders."""
+@click.option("--force", is_flag=True,
+              help="Compare folders that evaluated different data or samples (page 1 then says so).")
+@click.option("--curves", type=click.Choice(["robust", "conditional", "both"]), default="both",
+              show_default=True,
+              help="Curves of robust accuracy, of robust accuracy among clean-correct images, or both.")
+def report_cmd(results: tuple[str, ...], out: str, title: str | None, force: bool, curves: str) -> None:
+    """Make a comparison report (PDF + PNG figures + CSV/Markdown tables) from RESULTS folders.
+
+    Folders that evaluated different data or samples are refused unless --force. When no strong
+    attack ran, page 1 says the numbers are upper bounds and names the command that adds AutoAttack
+    to the same results folder.
+    """
     from .reporting.pdf import build_report
 
     for folder in results:
         check_attention_files(Path(folder))
     check_out_folder(str(Path(out).parent), "--out")
     WRITING.append(str(out))
-    res = build_report([Path(r) for r in results], Path(out), title=title)
+    res = build_report([Path(r) for r in results], Path(out), title=title, force=force, curves=curves)
+    for caveat in res.verdict.get("caveats", []):
+        click.echo(f"note: {caveat}", err=True)
     click.echo(f"report: {res.pdf}")
 
 
@@ -415,7 +428,7 @@ def demo_cmd(skip_train: bool, quick: bool) -> None:
     if not skip_train:
         for path in train_cfgs:
             result = train(load_config(TrainConfig, path))
-            click.echo(f"{path.name}: best test accuracy {result.best_acc:.2%}")
+            click.echo(f"{path.name}: test accuracy {result.test_acc:.2%} (chosen epoch {result.best_epoch})")
     # the demo owns its results folder: a quick run may replace a full one and vice versa
     overrides = ["replace=true"] + (["n=200", "attacks=[{name: fgsm}, {name: pgd-linf}]"] if quick else [])
     cfg = load_config(SweepConfig, sweep_path, overrides)

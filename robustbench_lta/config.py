@@ -104,6 +104,13 @@ class TrainConfig(_Strict):
     eval_every: int = Field(1, gt=0, description="test accuracy every this many epochs (and the last)")
     threads: int | None = Field(None, ge=1, description=_THREADS_HELP)
     plugins: list[str] = Field(default_factory=list, description=_PLUGINS_HELP)
+    val_fraction: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="share of the training images held out (seeded, stratified) to choose `best` on; "
+        "0: no hold-out, `best` is the last epoch. The test split is measured once, for the chosen epoch",
+    )
 
     @field_validator("device")
     @classmethod

@@ -22,7 +22,8 @@ import pytest
 from robustbench_lta.errors import UserError
 from robustbench_lta.reporting.load import EPS_TOL, load_results
 from robustbench_lta.reporting.pdf import SECTIONS, build_report
-from robustbench_lta.reporting.verdict import compute_verdict, newcombe_diff, paired_bootstrap_diff
+from robustbench_lta.reporting.stats import newcombe_diff, paired_diff_ci
+from robustbench_lta.reporting.verdict import compute_verdict
 
 BASE, ATT = "vgg16", "vgg16_att3_concat_pc"
 EPS = [0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255]
@@ -240,7 +241,18 @@ def make_results(folder: Path, seed: int = 0, models: tuple[str, ...] = (BASE, A
         "started": "2026-11-24T10:00:00+00:00",
         "finished": "2026-11-24T10:05:00+00:00",
         "versions": {"robustbench-lta": "0.1.0", "torch": "2.14.1", "python": "3.11.7"},
-        "config": {"accounting": "worst-case"},
+        "config": {
+            "accounting": "worst-case",
+            "models": [{"name": m, "source": f"checkpoints/{m}"} for m in models],
+            "attacks": [
+                {"name": "fgsm"},
+                {"name": "pgd-linf", "params": {"steps": 10}},
+                {"name": "cw-l2", "params": {"steps": 50}},
+            ],
+            "eps": [0, 1, 2, 4, 8],
+            "eps_scale": 255,
+            "n": N,
+        },
         "eps": EPS,
         "dataset": {"name": "cluttered-digits", "n": N, "classes": CLASSES, "has_boxes": True},
         "models": {
@@ -370,7 +382,7 @@ def test_verdict_names_more_robust_model(results_dir: Path) -> None:
         assert c["diff"] == pytest.approx(c["acc_a"] - c["acc_b"])
         lo, hi = c["ci"]
         assert lo <= c["diff"] + 1e-9 and c["diff"] - 1e-9 <= hi
-        assert c["method"] == "paired bootstrap" and c["n"] == N
+        assert c["method"] == "paired" and c["test"] == "exact McNemar" and c["n"] == N
     head = next(c for c in linf["comparisons"] if abs(c["eps"] - 8 / 255) < EPS_TOL)
     assert head["significant"] and head["better"] == ATT
     at8 = wc[np.abs(wc["eps"] - 8 / 255) < EPS_TOL].set_index("model")["robust_acc"]
@@ -392,7 +404,7 @@ def test_verdict_without_samples_uses_newcombe(results_dir: Path, tmp_path: Path
     (folder / "samples.parquet").unlink()
     res = build_report([folder], tmp_path / "r.pdf")
     comp = next(c for c in res.verdict["norms"]["linf"]["comparisons"] if abs(c["eps"] - 8 / 255) < EPS_TOL)
-    assert comp["method"] == "newcombe" and comp["significant"] and comp["better"] == ATT
+    assert comp["method"] == "unpaired" and comp["significant"] and comp["better"] == ATT
     assert any("samples.parquet" in w for w in res.warnings)
     _, text = _pdf_text(res.pdf)
     assert "more robust than" in text
@@ -464,16 +476,20 @@ def test_only_unbounded_attack(results_dir: Path, tmp_path: Path) -> None:
 def test_two_folders_disambiguated(results_dir: Path, tmp_path: Path) -> None:
     a = _copy(results_dir, tmp_path / "run_a")
     b = make_results(tmp_path / "run_b", seed=1)
-    bundle = load_results([a, b])
+    with pytest.raises(UserError, match="different samples.*--force"):
+        load_results([a, b])  # run_b drew other labels for the same indices
+    bundle = load_results([a, b], force=True)
+    assert bundle.forced and "different samples" in bundle.forced[0]
     assert bundle.models == sorted([f"{m} [{r}]" for m in (BASE, ATT) for r in ("run_a", "run_b")])
     assert set(bundle.attention_npz) == {f"{ATT} [run_a]", f"{ATT} [run_b]"}
-    res = build_report([a, b], tmp_path / "two.pdf")
+    res = build_report([a, b], tmp_path / "two.pdf", force=True)
     _, text = _pdf_text(res.pdf)
     assert f"{BASE} [run_a]" in text and f"{ATT} [run_b]" in text
+    assert "FORCED COMPARISON (--force)" in text.split("VERDICT")[0]
     # run_b drew other labels for the same indices: comparisons across the runs must not be paired
     for comp in res.verdict["norms"]["linf"]["comparisons"]:
         across = comp["model_a"].endswith("[run_a]") != comp["model_b"].endswith("[run_a]")
-        assert comp["method"] == ("newcombe" if across else "paired bootstrap")
+        assert comp["method"] == ("unpaired" if across else "paired")
     robust = pd.read_csv(tmp_path / "two_files" / "robust_accuracy.csv")
     assert set(robust["model"]) == set(bundle.models)
     _check_pngs(res.pngs)
@@ -498,11 +514,11 @@ def test_user_errors(tmp_path: Path) -> None:
 def test_intervals() -> None:
     a = np.r_[np.ones(80), np.zeros(20)]
     b = np.r_[np.ones(40), np.zeros(60)]
-    lo, hi = paired_bootstrap_diff(a, b)
+    lo, hi = paired_diff_ci(a, b)
     assert 0.28 < lo < 0.4 < hi < 0.52
-    lo, hi = paired_bootstrap_diff(a, a)
+    lo, hi = paired_diff_ci(a, a)
     assert lo == hi == 0
-    lo, hi = newcombe_diff(0.8, 100, 0.4, 100)
+    lo, hi = newcombe_diff(80, 100, 40, 100)
     assert 0.25 < lo < 0.4 < hi < 0.55
 
 
@@ -525,3 +541,217 @@ def test_failed_report_keeps_the_previous_one(results_dir: Path, tmp_path: Path,
     assert {p.name: p.read_bytes() for p in (tmp_path / "keep_files").iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.pdf", "keep_files"]
     assert all(p.parent == tmp_path / "keep_files" and p.is_file() for p in first.pngs + first.tables)
+
+
+# --------------------------------------------------------------------------------- protocol v2
+def _set_manifest(folder: Path, **changes) -> None:
+    man = json.loads((folder / "manifest.json").read_text())
+    for key, value in changes.items():
+        node = man
+        *path, last = key.split("__")
+        for part in path:
+            node = node[part]
+        node[last] = value
+    (folder / "manifest.json").write_text(json.dumps(man))
+
+
+def test_verdict_numbers_equal_scipy_and_statsmodels(results_dir: Path) -> None:
+    """Every p-value, Holm adjustment and interval of the verdict, recomputed on the same counts."""
+    from scipy.stats import bootstrap
+    from statsmodels.stats.contingency_tables import mcnemar
+    from statsmodels.stats.multitest import multipletests
+    from statsmodels.stats.proportion import proportion_confint
+
+    v = compute_verdict(load_results([results_dir]))
+    samples = pd.read_parquet(results_dir / "samples.parquet")
+    summary = pd.read_parquet(results_dir / "summary.parquet")
+    bounded = samples[np.isfinite(samples["eps"]) & samples["attack"].isin(["fgsm", "pgd-linf"])]
+
+    def robust_vector(model: str, eps: float) -> np.ndarray:  # the worst case, rebuilt with pandas
+        s = bounded[(bounded["model"] == model) & (bounded["eps"] <= eps + EPS_TOL)]
+        broken = s.groupby("index")["broken"].any().sort_index()
+        first = s.drop_duplicates("index").set_index("index").sort_index()
+        return ((first["clean_pred"] == first["label"]) & ~broken).to_numpy()
+
+    def clean_vector(model: str) -> np.ndarray:
+        first = samples[samples["model"] == model].drop_duplicates("index").set_index("index").sort_index()
+        return (first["clean_pred"] == first["label"]).to_numpy()
+
+    comps = v["clean_comparisons"] + v["norms"]["linf"]["comparisons"]
+    assert len(comps) == 1 + 4  # clean and the four nonzero budgets: one Holm family
+    pvals = []
+    for c in comps:
+        a = clean_vector(c["model_a"]) if c["eps"] is None else robust_vector(c["model_a"], c["eps"])
+        b = clean_vector(c["model_b"]) if c["eps"] is None else robust_vector(c["model_b"], c["eps"])
+        assert c["diff"] == pytest.approx(a.mean() - b.mean())
+        table = [[int((a & b).sum()), int((a & ~b).sum())], [int((~a & b).sum()), int((~a & ~b).sum())]]
+        p = mcnemar(table, exact=True).pvalue if table[0][1] + table[1][0] else 1.0
+        assert c["p"] == pytest.approx(p, rel=1e-12)
+        ci = bootstrap(
+            (a.astype(float) - b,),
+            np.mean,
+            n_resamples=4000,
+            method="BCa",
+            rng=np.random.default_rng(0),
+            batch=500,
+        ).confidence_interval
+        assert c["ci"] == pytest.approx([ci.low, ci.high])
+        pvals.append(p)
+    reject, adjusted, _, _ = multipletests(pvals, alpha=0.05, method="holm")
+    for c, r, adj in zip(comps, reject, adjusted, strict=True):
+        assert c["p_holm"] == pytest.approx(adj) and c["significant"] == bool(r) and c["family"] == 5
+    # the robust-accuracy table's intervals are statsmodels' Wilson intervals on the same counts
+    res = build_report([results_dir], results_dir.parent / "stats.pdf")
+    robust = pd.read_csv(results_dir.parent / "stats_files" / "robust_accuracy.csv")
+    for r in robust.to_dict("records"):
+        k = round(r["robust_acc_%"] / 100 * r["n"])
+        lo, hi = proportion_confint(k, r["n"], method="wilson")
+        assert r["ci_lo_%"] == pytest.approx(100 * lo, abs=1e-3)
+        assert r["ci_hi_%"] == pytest.approx(100 * hi, abs=1e-3)
+    # the verdict says which differences survive the correction
+    assert "Holm correction over this pair's 5 tests" in res.verdict["text"]
+    assert "differences that survive: " in res.verdict["text"]
+    # conditional robust accuracy = robust / clean of the same cell
+    cond = pd.read_csv(results_dir.parent / "stats_files" / "robust_among_clean_correct.csv")
+    wc = summary[(summary["attack"] == "worst-case") & (summary["eps"] > 0)]
+    for r in wc.itertuples(index=False):
+        row = cond[
+            (cond["attack"] == "worst-case")
+            & (cond["model"] == r.model)
+            & (np.abs(cond["eps_01"] - r.eps) < EPS_TOL)
+        ]
+        assert row["robust_among_clean_correct_%"].iloc[0] == pytest.approx(
+            100 * r.robust_acc / r.clean_acc, abs=1e-3
+        )
+
+
+def test_weak_attacks_say_upper_bound_and_strong_attack_removes_it(results_dir: Path, tmp_path: Path) -> None:
+    import yaml
+
+    res = build_report([results_dir], tmp_path / "weak.pdf")
+    _, text = _pdf_text(res.pdf)
+    first = text.split("2. Robustness curves")[0]
+    assert "UPPER BOUNDS ONLY: at 8/255 (L-inf) no AutoAttack and no PGD/APGD with >= 50 steps" in first
+    assert "Strongest attack at 8/255: pgd-linf (weak)" in first
+    cfg_path = tmp_path / "weak_files" / "add_autoattack_run.yaml"
+    assert f"robustbench-lta sweep {cfg_path}" in first
+    cfg = yaml.safe_load(cfg_path.read_text())
+    assert cfg["attacks"][-1] == {"name": "autoattack", "label": "autoattack", "eps": [8.0]}
+    assert cfg["out"] == str(results_dir.resolve()) and cfg["models"][0]["source"] == "checkpoints/vgg16"
+    # a 100-step PGD counts as strong: the sentence goes
+    strong = _copy(results_dir, tmp_path / "strong")
+    man = json.loads((strong / "manifest.json").read_text())
+    man["attacks"]["pgd-linf"]["params"] = {"steps": 100}
+    (strong / "manifest.json").write_text(json.dumps(man))
+    v = compute_verdict(load_results([strong]))
+    assert not v["weak"] and "UPPER BOUNDS" not in v["text"]
+    assert v["norms"]["linf"]["strength"][ATT]["strong"] == {"pgd-linf": "pgd-linf, 100 steps"}
+
+
+def test_attack_strength_rule() -> None:
+    from robustbench_lta.reporting.protocol import attack_strength
+
+    assert attack_strength("autoattack") == "AutoAttack"
+    assert attack_strength("ta:AutoAttack") == "AutoAttack"
+    assert attack_strength("my-autoattack-variant") == "AutoAttack"
+    assert attack_strength("apgd-ce") == "apgd-ce, 100 steps"  # its default
+    assert attack_strength("pgd-linf") is None and attack_strength("pgd-linf", {"steps": 50})
+    assert attack_strength("ta:PGD", {"steps": 20}) is None and attack_strength("ta:APGD", {"steps": 60})
+    assert attack_strength("fgsm") is None and attack_strength("square", {"n_queries": 5000}) is None
+
+
+def test_incomparable_folders_refused_unless_forced(results_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="given twice"):
+        load_results([results_dir, results_dir])
+    with pytest.raises(UserError, match="given twice"):
+        load_results([results_dir, results_dir / ".." / results_dir.name])
+    other = _copy(results_dir, tmp_path / "other")
+    _set_manifest(other, dataset__fingerprint={"sha256": "f" * 64})
+    mine = _copy(results_dir, tmp_path / "mine")
+    _set_manifest(mine, dataset__fingerprint={"sha256": "0" * 64})
+    with pytest.raises(UserError, match="different data .*--force"):
+        build_report([mine, other], tmp_path / "x.pdf")
+    from robustbench_lta.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["report", str(mine), str(other), "--out", str(tmp_path / "x.pdf")])
+    assert exc.value.code == 2
+    # a different dataset name without fingerprints, too
+    npz = _copy(results_dir, tmp_path / "npz")
+    s = pd.read_parquet(npz / "summary.parquet")
+    s.assign(dataset="npz:/data/x.npz").to_parquet(npz / "summary.parquet")
+    with pytest.raises(UserError, match="different data"):
+        load_results([results_dir, npz])
+    res = build_report([results_dir, npz], tmp_path / "forced.pdf", force=True)
+    _, text = _pdf_text(res.pdf)
+    assert "FORCED COMPARISON (--force)" in text.split("2. Robustness curves")[0]
+
+
+def test_worst_case_named_by_the_attacks_each_model_had(results_dir: Path, tmp_path: Path) -> None:
+    folder = _copy(results_dir, tmp_path / "fewer")
+    for name in ("summary", "samples"):
+        df = pd.read_parquet(folder / f"{name}.parquet")
+        df = df[~((df["model"] == BASE) & (df["attack"] == "pgd-linf"))]
+        df.to_parquet(folder / f"{name}.parquet")
+    v = compute_verdict(load_results([folder]))
+    assert v["norms"]["linf"]["attacks_by_model"] == {BASE: ["fgsm"], ATT: ["fgsm", "pgd-linf"]}
+    assert f"{BASE}: fgsm; {ATT}: fgsm, pgd-linf" in v["text"]
+    assert "not like-for-like" in v["text"]
+
+
+def test_selection_caveats_on_page_one(results_dir: Path, tmp_path: Path) -> None:
+    folder = _copy(results_dir, tmp_path / "sel")
+    man = json.loads((folder / "manifest.json").read_text())
+    man["models"][BASE]["card"] = {"training": {"lr": 0.1}, "model": {"name": BASE}}  # older trainer
+    man["models"][ATT]["card"] = {
+        "model": {"name": ATT},
+        "training": {},
+        "selection": {
+            "rule": "best validation accuracy",
+            "split": "validation",
+            "source_split": "train",
+            "n": 500,
+            "fraction": 0.1,
+            "epoch": 7,
+            "val_accuracy": 0.61,
+        },
+    }
+    (folder / "manifest.json").write_text(json.dumps(man))
+    res = build_report([folder], tmp_path / "sel.pdf")
+    _, text = _pdf_text(res.pdf)
+    first = text.split("2. Robustness curves")[0]
+    assert f"{BASE}: the checkpoint's card records no selection split" in first
+    assert "older trainer" in first and f"{ATT}: the checkpoint's card" not in first
+    assert (
+        "selection: best validation accuracy on a validation split of 500 train images (10%) epoch 7" in first
+    )
+
+
+def test_figures_are_honest(results_dir: Path, tmp_path: Path) -> None:
+    from robustbench_lta.reporting.attention_figures import load_npz, pick_clean_correct
+    from robustbench_lta.reporting.curves import curves_table
+
+    data = load_npz(results_dir / "attention" / f"{ATT}.npz")
+    rows, sentence = pick_clean_correct(data)
+    correct = [i for i in range(len(data["labels"])) if data["clean_pred"][i] == data["labels"][i]]
+    assert (
+        rows == correct[:6] and f"of the {len(correct)} clean-correct images among the 4 stored" in sentence
+    )
+    folder = _copy(results_dir, tmp_path / "two_budgets")
+    for name in ("summary", "samples"):
+        df = pd.read_parquet(folder / f"{name}.parquet")
+        keep = ~((df["attack"] == "fgsm") & ~np.isin(np.round(df["eps"] * 255), [2, 8]))
+        df[keep].to_parquet(folder / f"{name}.parquet")
+    bundle = load_results([folder])
+    auc = curves_table(bundle)
+    few = auc[auc["attack"] == "fgsm"]
+    assert (few["points"] == 2).all() and few["auc_mean_robust_acc_%"].isna().all()
+    assert auc[auc["attack"] == "pgd-linf"]["auc_mean_robust_acc_%"].notna().all()
+    res = build_report([folder], tmp_path / "h.pdf", curves="both")
+    _, text = _pdf_text(res.pdf)
+    assert "points at 2, 8/255 (no AUC)" in text and "AUC" in text and "over 0-8/255" in text
+    assert "among clean-correct" in text and "clean-correct images among the 4 stored" in text
+    assert "n=" in text  # drift points carry their n
+    assert "two forwards of the same batch agree" not in text  # passing sanity rows: counted, not listed
+    assert "rises from 40.0% to 42.0%" in text and "(above chance 10%)" in text  # warn/fail in full
+    assert "5 pass, 1 warn, 1 fail" in text

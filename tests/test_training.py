@@ -86,7 +86,8 @@ def test_training_beats_chance(trained) -> None:
     assert trained.best_path.is_file() and trained.last_path.is_file()
     with open(trained.out_dir / "history.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["epoch", "lr", "train_loss", "train_acc", "test_acc", "images_per_s", "seconds"]
+    assert list(rows[0]) == ["epoch", "lr", "train_loss", "train_acc", "val_acc", "images_per_s", "seconds"]
+    assert trained.test_acc > 0.2  # measured once, on the chosen epoch
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     assert float(rows[3]["lr"]) == pytest.approx(0.01 * 0.5)  # halved after lr_step_epochs=3
     assert all(float(r["images_per_s"]) > 0 for r in rows)
@@ -105,6 +106,8 @@ def test_card_has_all_fields_and_matching_sha(trained_attention) -> None:
         "seed",
         "epochs",
         "clean_test_accuracy",
+        "clean_val_accuracy",
+        "selection",
         "versions",
         "git_commit",
         "sha256",
@@ -118,7 +121,10 @@ def test_card_has_all_fields_and_matching_sha(trained_attention) -> None:
     assert card["input_size"] == [3, 32, 32]
     assert len(card["normalization"]["mean"]) == 3 and len(card["normalization"]["std"]) == 3
     assert card["training"]["lr"] == 0.05 and card["epochs"] == 1
-    assert card["clean_test_accuracy"] == pytest.approx(trained_attention.best_acc)
+    assert card["clean_val_accuracy"] == pytest.approx(trained_attention.best_acc)
+    assert card["clean_test_accuracy"] == pytest.approx(trained_attention.test_acc)
+    assert card["selection"]["split"] == "validation"
+    assert 20 <= card["selection"]["n"] <= 32 and card["selection"]["n"] + card["dataset"]["n_train"] == 256
     assert card["sha256"] == sha256_file(trained_attention.best_path)
     assert "torch" in card["versions"]
     assert read_card(trained_attention.out_dir) == card  # a run folder means best
@@ -342,3 +348,75 @@ def test_shipped_configs_validate(path: Path) -> None:
         assert cfg.augment.flip == (cfg.data.name != "svhn")
     else:
         assert cfg.device == "cpu" and not cfg.augment.flip
+
+
+# ----------------------------------------------------------------------------- validation selection
+def test_validation_split_is_stratified_seeded_and_disjoint() -> None:
+    from robustbench_lta.training.selection import stratified_split
+
+    labels = torch.arange(10).repeat_interleave(torch.tensor([50, 30, 20, 10, 10, 10, 10, 10, 40, 10]))
+    train_idx, val_idx = stratified_split(labels, 0.1, seed=3)
+    assert set(train_idx).isdisjoint(val_idx) and len(train_idx) + len(val_idx) == len(labels)
+    counts = torch.bincount(labels[torch.as_tensor(val_idx)], minlength=10).tolist()
+    assert counts == [5, 3, 2, 1, 1, 1, 1, 1, 4, 1]  # round(10% of each class)
+    again, _ = stratified_split(labels, 0.1, seed=3)
+    other = stratified_split(labels, 0.1, seed=4)[1]
+    assert (again == train_idx).all() and set(other) != set(val_idx)
+    assert len(stratified_split(labels, 0.0, seed=3)[1]) == 0
+
+
+def test_best_is_chosen_on_validation_and_test_measured_once(tmp_path: Path) -> None:
+    cfg = _config(
+        tmp_path / "run",
+        model={"name": "smallcnn", "width": 0.25},
+        data={"n_train": 400, "n_test": 64},
+        epochs=3,
+        lr=0.02,
+        warmup_epochs=0,
+        val_fraction=0.2,
+    )
+    result = train(cfg, progress=False)
+    best, last = read_card(tmp_path / "run" / "best.json"), read_card(tmp_path / "run" / "last.json")
+    vals = [r["val_acc"] for r in result.history]
+    n_val = best["selection"]["n"]
+    assert best["selection"]["split"] == "validation" and 72 <= n_val <= 88  # ~20% of 400, per class
+    assert best["selection"]["n_train"] == best["dataset"]["n_train"] == 400 - n_val
+    assert best["epochs"] == result.best_epoch == 1 + vals.index(max(vals))  # first epoch with the max
+    assert best["clean_val_accuracy"] == pytest.approx(max(vals), abs=1e-6)
+    assert best["test_measurements"] == 1 and best["clean_test_accuracy"] == pytest.approx(result.test_acc)
+    assert "test_acc" not in result.history[0]  # no per-epoch look at the test split
+    assert last["selection"]["rule"] == "last epoch" and last["selection"]["split"] is None
+    # the test split was measured on the chosen weights: re-measure them here
+    model = load_model(tmp_path / "run" / "best.json")
+    test = trainer.load_splits(cfg)[1]
+    with torch.no_grad():
+        acc = (model(test.images.float() / 255).argmax(1) == test.labels).float().mean().item()
+    assert acc == pytest.approx(result.test_acc)
+    # running again (already trained) does not look at the test split again
+    again = train(cfg, progress=False)
+    assert read_card(tmp_path / "run" / "best.json")["test_measurements"] == 1
+    assert again.test_acc == result.test_acc
+
+
+def test_val_fraction_zero_keeps_the_last_epoch(tmp_path: Path) -> None:
+    cfg = _config(
+        tmp_path / "run", model={"name": "smallcnn", "width": 0.25}, data={"n_train": 200, "n_test": 32},
+        epochs=2, warmup_epochs=0, val_fraction=0,
+    )
+    result = train(cfg, progress=False)
+    best = read_card(tmp_path / "run" / "best.json")
+    assert best["selection"] == {**best["selection"], "rule": "last epoch", "split": None, "n": 0}
+    assert best["epochs"] == 2 and best["dataset"]["n_train"] == 200
+    assert best["sha256"] == read_card(tmp_path / "run" / "last.json")["sha256"]
+    assert best["clean_test_accuracy"] == pytest.approx(result.test_acc)
+
+
+def test_selection_note_flags_unknown_and_test_selection() -> None:
+    from robustbench_lta.training.selection import selection_note
+
+    assert selection_note({"selection": {"rule": "best", "split": "validation"}}, "m") is None
+    assert selection_note({"selection": {"rule": "last epoch", "split": None}}, "m") is None
+    assert "older trainer" in selection_note({"training": {"lr": 0.1}}, "m")
+    assert "does not say" in selection_note({"model": {"name": "x"}}, "m")
+    assert "no model card" in selection_note(None, "m")
+    assert "selection bias" in selection_note({"selection": {"rule": "best", "split": "test"}}, "m")

@@ -1,6 +1,8 @@
 """Attention under attack: map grids from ``attention/MODEL.npz`` and drift curves from attention.parquet.
 
-The grid shows, per stored image, the input and each level's clean attention map overlaid on it,
+The grid shows images the model classified correctly on clean input (the first of the stored ones,
+in stored order; how many were available is said on the page), since maps of a wrong prediction
+say little about attention under attack. Per image: the input and each level's clean map overlaid,
 then the adversarial image and its maps at up to three eps (smallest nonzero, middle, largest),
 with true/predicted labels. Maps are upsampled bilinearly to the image size and share one colour
 scale per image and level so clean and adversarial maps compare directly. The drift page plots the
@@ -78,7 +80,8 @@ def map_grid_page(model: str, path: Path, classes: list[str] | None, title: str)
     """One page: rows = stored images, columns = input, clean maps, then adversarial image + maps per eps."""
     data = load_npz(path)
     levels = _levels(data)
-    k = min(len(data["images"]), MAX_IMAGES)
+    rows, picked = pick_clean_correct(data)
+    k = len(rows)
     eps = np.asarray(data.get("eps", np.array([])), dtype=float)
     chosen = pick_eps(eps) if "adv_images" in data else []
     if len(levels) >= 3:
@@ -94,10 +97,10 @@ def map_grid_page(model: str, path: Path, classes: list[str] | None, title: str)
     fig = new_page(
         title,
         f"{model}: attention maps (overlay, {CMAP}; one colour scale per image and level) "
-        f"on clean inputs and under {attack}; title = true -> predicted label (red: wrong).",
+        f"on clean inputs and under {attack}; title = true -> predicted label (red: wrong). {picked}",
     )
     ncol, nrow = len(cols), max(k, 1)
-    top, bottom, left, right = 0.83, 0.03, 0.02, 0.98
+    top, bottom, left, right = 0.79, 0.03, 0.02, 0.98  # below a three-line subtitle
     cell = min((top - bottom) * 8.27 / nrow, (right - left) * 11.69 / ncol)
     gs = fig.add_gridspec(
         nrow,
@@ -110,7 +113,7 @@ def map_grid_page(model: str, path: Path, classes: list[str] | None, title: str)
         hspace=0.32,
     )
     labels = data["labels"]
-    for r in range(k):
+    for r_shown, r in enumerate(rows):
         img = _img(data["images"][r])
         H, W = img.shape[:2]
         vmax = {
@@ -122,7 +125,7 @@ def map_grid_page(model: str, path: Path, classes: list[str] | None, title: str)
             for j in levels
         }
         for c, (kind, e, j) in enumerate(cols):
-            ax = fig.add_subplot(gs[r, c])
+            ax = fig.add_subplot(gs[r_shown, c])
             ax.set_xticks([])
             ax.set_yticks([])
             base = img if kind != "adv" else _img(data["adv_images"][e][r])
@@ -141,7 +144,7 @@ def map_grid_page(model: str, path: Path, classes: list[str] | None, title: str)
                 x0, y0, x1, y1 = (float(v) for v in data["boxes"][r])
                 ax.add_patch(_rect(x0, y0, x1, y1))
             head = ""
-            if r == 0:
+            if r_shown == 0:
                 head = (
                     "input"
                     if kind == "input"
@@ -158,8 +161,22 @@ def map_grid_page(model: str, path: Path, classes: list[str] | None, title: str)
                 colour = "black" if int(pred) == int(labels[r]) else "#c62828"
             ax.set_title("\n".join(t for t in (head, pred_txt) if t), fontsize=7.5, color=colour, pad=2)
     if k == 0:
-        fig.text(0.5, 0.5, f"{model}: the stored attention file holds no images.", ha="center")
+        fig.text(0.5, 0.5, f"{model}: no stored image was classified correctly on clean input.", ha="center")
     return fig
+
+
+def pick_clean_correct(data: dict[str, np.ndarray], limit: int = MAX_IMAGES) -> tuple[list[int], str]:
+    """Rows of the stored images to show: clean-correct ones, in stored order, and a sentence saying so."""
+    stored = len(data["images"])
+    if "clean_pred" not in data or "labels" not in data:
+        rows = list(range(min(stored, limit)))
+        return rows, f"Shown: the first {len(rows)} of {stored} stored images (no predictions stored)."
+    correct = np.flatnonzero(np.asarray(data["clean_pred"]) == np.asarray(data["labels"]))
+    rows = [int(i) for i in correct[:limit]]
+    return rows, (
+        f"Shown: the first {len(rows)} of the {len(correct)} clean-correct images among the {stored} "
+        "stored (images stored in sample order; wrongly classified ones are left out)."
+    )
 
 
 def _rect(x0: float, y0: float, x1: float, y1: float) -> Any:
@@ -239,8 +256,9 @@ def drift_page(tab: pd.DataFrame, palette: dict[str, Any], title: str) -> Figure
         note += f" Not drawn: {', '.join(left_out)} (all attacks are in attention_drift.csv)."
     fig = new_page(
         title,
-        "Attention drift vs eps: mean over the samples the attack ran on, 95% t-interval; line style "
-        "and marker = attention level (L0 = earliest). " + note,
+        "Attention drift vs eps: mean over the samples the attack ran on at that eps (n beside each "
+        "point: later budgets average fewer, still-unbroken samples), 95% t-interval; line style and "
+        "marker = attention level (L0 = earliest); fewer than 3 budgets: points only. " + note,
     )
     nrows = 2 if has_box else 1
     gs = fig.add_gridspec(
@@ -248,18 +266,23 @@ def drift_page(tab: pd.DataFrame, palette: dict[str, Any], title: str) -> Figure
         len(attacks),
         left=0.07,
         right=0.80,
-        top=0.80,
-        bottom=0.08 if has_box else 0.38,
+        top=0.76,
+        bottom=0.08 if has_box else 0.36,
         hspace=0.42,
         wspace=0.38,
     )
     for c, attack in enumerate(attacks):
         d = tab[tab["attack"] == attack]
         ax = fig.add_subplot(gs[0, c])
+        # n: the samples behind each point (the same for every level), written above the highest band
+        for (m, e), g in d.groupby(["model", "eps"], sort=True):
+            top = float(np.nanmax(g["js_hi"].to_numpy(float))) if np.isfinite(g["js_hi"]).any() else 0.0
+            ax.annotate(f"n={int(g['n'].iloc[0])}", (float(e) * 255, top), textcoords="offset points",
+                        xytext=(0, 5), ha="center", fontsize=6.5, color=palette[m])
         for (m, lev), g in d.groupby(["model", "level"], sort=True):
             g = g.sort_values("eps")
             x = g["eps"].to_numpy() * 255
-            ls = LINESTYLES[int(lev) % len(LINESTYLES)]
+            ls = LINESTYLES[int(lev) % len(LINESTYLES)] if len(x) >= 3 else "none"
             ax.plot(
                 x,
                 g["js_mean"],
@@ -269,11 +292,17 @@ def drift_page(tab: pd.DataFrame, palette: dict[str, Any], title: str) -> Figure
                 color=palette[m],
                 label=f"{m} L{lev}",
             )
-            ax.fill_between(x, g["js_lo"], g["js_hi"], color=palette[m], alpha=0.15, lw=0)
+            if len(x) >= 3:
+                ax.fill_between(x, g["js_lo"], g["js_hi"], color=palette[m], alpha=0.15, lw=0)
+            else:  # points: the interval as bars
+                mean = g["js_mean"].to_numpy(float)
+                err = np.abs(np.vstack([g["js_lo"].to_numpy(float), g["js_hi"].to_numpy(float)]) - mean)
+                ax.errorbar(x, mean, yerr=err, ls="none", capsize=3, color=palette[m], alpha=0.6)
+        ax.set_xlim(-0.03 * max(float(d["eps"].max()) * 255, 1), max(float(d["eps"].max()) * 255, 1) * 1.06)
         ax.set_title(f"JS divergence, {attack}", pad=12)
         ax.set_xlabel("eps (x/255)")
         ax.set_ylabel("JS divergence (bits)")
-        ax.set_ylim(bottom=0)
+        ax.set_ylim(bottom=0, top=ax.get_ylim()[1] * 1.12)  # room for the n labels
         ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
         if has_box:
             ax2 = fig.add_subplot(gs[1, c])

@@ -2,9 +2,12 @@
 and the per-class robust-accuracy heatmap.
 
 Curves plot eps in pixel units (eps * 255) with 95% Wilson bands from each cell's n and robust
-accuracy; the legend gives each model's area under the curve normalised by the eps range, i.e. the
-mean robust accuracy over the range swept. Unbounded attacks (eps = inf) have no curve; the tables
-report their median perturbation norm instead.
+accuracy; the legend gives each model's budget range and, for three or more budgets, the area under
+the curve normalised by that range (the mean robust accuracy over it: areas over different ranges
+do not compare). An attack with fewer than three budgets is drawn as points with interval bars, not
+joined by a line. ``kind="conditional"`` plots robust accuracy among clean-correct images
+(robust / clean: separates robustness from accuracy). Unbounded attacks (eps = inf) have no curve;
+the tables report their median perturbation norm instead.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from .load import (
 from .pages import new_page
 
 PANELS_PER_PAGE = 6
+MIN_LINE_POINTS = 3  # fewer budgets: points, no line and no area under the curve
 
 
 def curve_panels(bundle: ResultsBundle) -> list[tuple[str, str, pd.DataFrame]]:
@@ -71,6 +75,8 @@ def curves_table(bundle: ResultsBundle) -> pd.DataFrame:
             d = df[(df["model"] == m) & (df["status"] == "ok")]
             if d.empty:
                 continue
+            x = d["eps"].to_numpy() * 255
+            enough = len(d) >= MIN_LINE_POINTS
             rows.append(
                 {
                     "attack": attack,
@@ -78,18 +84,45 @@ def curves_table(bundle: ResultsBundle) -> pd.DataFrame:
                     "model": m,
                     "eps_range": (f"{eps_label(d['eps'].min())} .. {eps_label(d['eps'].max())}"),
                     "points": len(d),
-                    "auc_mean_robust_acc_%": round(
-                        100 * normalised_auc(d["eps"].to_numpy() * 255, d["robust_acc"].to_numpy()), 2
+                    "auc_mean_robust_acc_%": (
+                        round(100 * normalised_auc(x, d["robust_acc"].to_numpy()), 2) if enough else np.nan
+                    ),
+                    "auc_mean_conditional_%": (
+                        round(100 * normalised_auc(x, _conditional(d)), 2) if enough else np.nan
                     ),
                 }
             )
     return pd.DataFrame(rows)
 
 
+def _conditional(d: pd.DataFrame) -> np.ndarray:
+    """Robust accuracy among clean-correct samples per row: robust / clean (same n), NaN if none correct."""
+    clean = d["clean_acc"].to_numpy(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(clean > 0, d["robust_acc"].to_numpy(float) / clean, np.nan)
+
+
+def _range(x: np.ndarray) -> str:
+    lo, hi = float(np.min(x)), float(np.max(x))
+    return f"{lo:.3g}/255" if hi - lo < 1e-9 else f"{lo:.3g}-{hi:.3g}/255"
+
+
 def _panel(
-    ax: Any, attack: str, norm: str, df: pd.DataFrame, bundle: ResultsBundle, palette: dict[str, Any]
+    ax: Any,
+    attack: str,
+    norm: str,
+    df: pd.DataFrame,
+    bundle: ResultsBundle,
+    palette: dict[str, Any],
+    kind: str = "robust",
 ) -> None:
     notes = []
+    # the attacks each model's worst case was really taken over: in the title if all share them
+    over = {
+        m: ", ".join(norm_attacks(bundle.summary[bundle.summary["model"] == m], norm))
+        for m in bundle.models
+        if attack == WORST_CASE and (df["model"] == m).any()
+    }
     for m in bundle.models:
         d = df[df["model"] == m].sort_values("eps")
         if d.empty:
@@ -117,20 +150,40 @@ def _panel(
         if d.empty:
             continue
         x = d["eps"].to_numpy(float) * 255
-        y = d["robust_acc"].to_numpy(float)
-        band = np.array([wilson(a * n, n) for a, n in zip(y, d["n"].to_numpy(float), strict=True)])
-        auc = normalised_auc(x, y)
+        n = d["n"].to_numpy(float)
+        if kind == "conditional":
+            y = _conditional(d)
+            n = np.round(d["clean_acc"].to_numpy(float) * n)  # the clean-correct samples
+        else:
+            y = d["robust_acc"].to_numpy(float)
+        band = np.array(
+            [wilson(a * k, k) if np.isfinite(a) else (np.nan, np.nan) for a, k in zip(y, n, strict=True)]
+        )
         colour = palette[m]
-        ax.plot(x, 100 * y, marker="o", ms=4, lw=1.8, color=colour, label=f"{m} (AUC {100 * auc:.1f}%)")
-        ax.fill_between(x, 100 * band[:, 0], 100 * band[:, 1], color=colour, alpha=0.18, lw=0)
+        who = m if attack != WORST_CASE or len(set(over.values())) <= 1 else f"{m} (over {over[m]})"
+        if len(x) >= MIN_LINE_POINTS:
+            label = f"{who}: AUC {100 * normalised_auc(x, y):.1f}% over {_range(x)}"
+            ax.plot(x, 100 * y, marker="o", ms=4, lw=1.8, color=colour, label=label)
+            ax.fill_between(x, 100 * band[:, 0], 100 * band[:, 1], color=colour, alpha=0.18, lw=0)
+        else:  # one or two budgets: no line to interpolate between them, no area
+            label = f"{who}: points at {', '.join(f'{v:.3g}' for v in x)}/255 (no AUC)"
+            err = np.abs(100 * band.T - 100 * y)
+            ax.errorbar(
+                x, 100 * y, yerr=err, ls="none", marker="o", ms=5, capsize=3, color=colour, label=label
+            )
+    shared = next(iter(over.values())) if len(set(over.values())) == 1 else "each model's attacks"
     title = (
-        f"worst case, {NORM_NAMES.get(norm, norm)}"
+        "\n".join(
+            textwrap.wrap(
+                f"worst case, {NORM_NAMES.get(norm, norm)} (over {shared})", 48, break_on_hyphens=False
+            )
+        )
         if attack == WORST_CASE
         else f"{attack} ({NORM_NAMES.get(norm, norm)})"
     )
     ax.set_title(title, fontweight="bold" if attack == WORST_CASE else None)
     ax.set_xlabel("eps (x/255)")
-    ax.set_ylabel("robust accuracy (%)")
+    ax.set_ylabel("robust acc. among clean-correct (%)" if kind == "conditional" else "robust accuracy (%)")
     ax.set_ylim(-2, 102)
     xs = df["eps"].to_numpy(float) * 255
     xs = xs[np.isfinite(xs)]
@@ -156,20 +209,29 @@ def _panel(
         )
 
 
-def robustness_curve_pages(bundle: ResultsBundle, palette: dict[str, Any], title: str) -> list[Figure]:
-    """Figure pages with up to six panels each; an explanatory text page if nothing is bounded."""
+def robustness_curve_pages(
+    bundle: ResultsBundle, palette: dict[str, Any], title: str, kind: str = "robust"
+) -> list[Figure]:
+    """Figure pages with up to six panels each; ``kind``: robust, conditional or both (robust first)."""
     panels = curve_panels(bundle)
     if not panels:
         return []
+    kinds = ["robust", "conditional"] if kind == "both" else [kind]
     figs = []
-    for k in range(0, len(panels), PANELS_PER_PAGE):
+    pages = [(kd, k) for kd in kinds for k in range(0, len(panels), PANELS_PER_PAGE)]
+    for page_no, (kd, k) in enumerate(pages):
         chunk = panels[k : k + PANELS_PER_PAGE]
-        n_pages = math.ceil(len(panels) / PANELS_PER_PAGE)
-        suffix = f" ({k // PANELS_PER_PAGE + 1}/{n_pages})" if n_pages > 1 else ""
+        suffix = f" ({page_no + 1}/{len(pages)})" if len(pages) > 1 else ""
+        what = (
+            "Robust accuracy among clean-correct images (robust / clean; separates robustness from accuracy)"
+            if kd == "conditional"
+            else "Robust accuracy"
+        )
         fig = new_page(
             f"{title}{suffix}",
-            "Robust accuracy vs eps (pixel units); shaded: 95% Wilson interval; "
-            "AUC = mean robust accuracy over the eps range (trapezoid). Unbounded attacks: see Tables.",
+            f"{what} vs eps (pixel units); shaded or bars: 95% Wilson interval; AUC = mean over the "
+            "eps range in the legend (trapezoid; only for >= 3 budgets, fewer are drawn as points). "
+            "Unbounded attacks: see Tables.",
         )
         ncols = 3 if len(chunk) in (3, 5, 6) else 2 if len(chunk) > 1 else 1
         nrows = math.ceil(len(chunk) / ncols)
@@ -180,7 +242,7 @@ def robustness_curve_pages(bundle: ResultsBundle, palette: dict[str, Any], title
         )
         for i, (attack, norm, df) in enumerate(chunk):
             ax = fig.add_subplot(gs[i // ncols, i % ncols])
-            _panel(ax, attack, norm, df, bundle, palette)
+            _panel(ax, attack, norm, df, bundle, palette, kd)
         figs.append(fig)
     return figs
 

@@ -42,6 +42,7 @@ class ResultsBundle:
     has_attention: dict[str, bool]
     classes: list[str] | None
     missing: list[str] = field(default_factory=list)  # honest notes on what is not there
+    forced: list[str] = field(default_factory=list)  # incomparable inputs the user forced together
 
     @property
     def datasets(self) -> list[str]:
@@ -89,13 +90,27 @@ def _safe_name(model: str) -> str:
     return safe_name(model)
 
 
-def load_results(dirs: list[Path] | list[str]) -> ResultsBundle:
-    """Load and merge results folders; raise :class:`UserError` if one is missing or has no summary."""
+def load_results(dirs: list[Path] | list[str], force: bool = False) -> ResultsBundle:
+    """Load and merge results folders; raise :class:`UserError` if one is missing or has no summary.
+
+    Folders that evaluated different data or different samples are refused (their numbers do not
+    compare) unless ``force``; then the reasons are kept in :attr:`ResultsBundle.forced` and the
+    report's first page states them. The same folder given twice is always refused.
+    """
     if not dirs:
         raise UserError(
             "no results folder given: pass at least one folder written by `robustbench-lta sweep`"
         )
     folders = [Path(d) for d in dirs]
+    seen_dirs: dict[Path, Path] = {}
+    for f in folders:
+        key = f.resolve()
+        if key in seen_dirs:
+            raise UserError(
+                f"results folder {f} is given twice (as {seen_dirs[key]} too): a model would be compared "
+                "with itself; pass each folder once"
+            )
+        seen_dirs[key] = f
     for f in folders:
         if not f.is_dir():
             raise UserError(
@@ -149,6 +164,15 @@ def load_results(dirs: list[Path] | list[str]) -> ResultsBundle:
                     else None
                 ),
             }
+        )
+    from .protocol import comparability_problems
+
+    problems = comparability_problems(per_folder)
+    if problems and not force:
+        raise UserError(
+            f"results not comparable: {problems[0]}"
+            + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else "")
+            + "; report them separately, or pass --force to compare anyway (page 1 then says so)"
         )
     # model labels that occur in more than one folder get the folder name appended
     count: dict[str, int] = {}
@@ -220,6 +244,7 @@ def load_results(dirs: list[Path] | list[str]) -> ResultsBundle:
         has_attention=has_attention,
         classes=classes,
         missing=missing,
+        forced=problems,
     )
 
 
@@ -232,15 +257,11 @@ def model_palette(models: list[str]) -> dict[str, tuple[float, float, float]]:
     return {m: tuple(colours[i]) for i, m in enumerate(names)}
 
 
-def wilson(k: float, n: float, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score interval for k successes out of n (both as proportions of 1)."""
-    if n <= 0 or not np.isfinite(k):
-        return (math.nan, math.nan)
-    p = k / n
-    den = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(max(p * (1 - p) / n + z * z / (4 * n * n), 0.0)) / den
-    return (max(0.0, centre - half), min(1.0, centre + half))
+def wilson(k: float, n: float) -> tuple[float, float]:
+    """95% Wilson score interval for k successes out of n (statsmodels; see stats.py)."""
+    from .stats import wilson as _wilson
+
+    return _wilson(k, n)
 
 
 def norm_attacks(summary: pd.DataFrame, norm: str) -> list[str]:

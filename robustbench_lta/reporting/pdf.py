@@ -19,24 +19,22 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from ..errors import UserError
-from .attention_figures import drift_page, drift_table, map_grid_page
+from ..training.selection import selection_summary
+from .attention_figures import drift_table
 from .curves import curves_table, per_class_page, per_class_views, robustness_curve_pages
 from .load import WORST_CASE, ResultsBundle, eps_label, load_results, model_palette
 from .pages import PageSink, report_style
+from .protocol import model_cards, selection_notes, strong_attack_config
 from .published import published_section
-from .tables import SANITY_EXPLAIN, STATUS_COLOURS, all_tables, sanity_table, write_table
+from .sections import SECTIONS, _title, attention_section, sanity_section, table_section
+from .tables import all_tables, sanity_table, write_table
 from .verdict import compute_verdict
+from .verdict_text import verdict_text
 
-SECTIONS = [
-    "Summary",
-    "Robustness curves",
-    "Tables",
-    "Attention under attack",
-    "Sanity checks",
-    "Per-class robust accuracy",
-]
+CURVE_KINDS = ("robust", "conditional", "both")
 
 
 @dataclass
@@ -50,10 +48,6 @@ class ReportResult:
     warnings: list[str] = field(default_factory=list)
     verdict: dict[str, Any] = field(default_factory=dict)
     pages: int = 0
-
-
-def _title(i: int) -> str:
-    return f"{i + 1}. {SECTIONS[i]}"
 
 
 def _attack_lines(bundle: ResultsBundle) -> list[str]:
@@ -89,14 +83,20 @@ def _attack_lines(bundle: ResultsBundle) -> list[str]:
 
 def _summary_text(bundle: ResultsBundle, verdict: dict[str, Any], warnings: list[str]) -> str:
     s = bundle.summary
-    parts: list[str] = ["VERDICT", verdict["text"], "", "WHAT WAS COMPARED"]
+    cards = model_cards(bundle.manifests, bundle.model_folder)
+    caveats = verdict.get("caveats", []) + selection_notes(cards)
+    parts: list[str] = ["READ FIRST", *[f"  - {c}" for c in caveats], ""] if caveats else []
+    parts += ["VERDICT", verdict_text(verdict, caveats=False), "", "WHAT WAS COMPARED"]
     for m in bundle.models:
         d = s[s["model"] == m]
         att = "attention model" if bundle.has_attention.get(m) else "no attention"
         man = bundle.manifests.get(bundle.model_folder.get(m, ""), {})
         info = (man.get("models") or {}).get(m.split(" [")[0]) or {}
         src = f", from {info['source']}" if info.get("source") else ""
-        parts.append(f"  {m}: {att}; {len(d)} result rows; folder {bundle.model_folder.get(m, '?')}{src}")
+        sel = f"; {selection_summary(cards[m])}" if m in cards else ""
+        parts.append(
+            f"  {m}: {att}; {len(d)} result rows; folder {bundle.model_folder.get(m, '?')}{src}{sel}"
+        )
     parts.append("Attacks:")
     parts.extend(_attack_lines(bundle))
     for label, man in bundle.manifests.items():
@@ -141,12 +141,24 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
-def build_report(results_dirs: list[Path], out_pdf: Path, title: str | None = None) -> ReportResult:
+def build_report(
+    results_dirs: list[Path],
+    out_pdf: Path,
+    title: str | None = None,
+    *,
+    force: bool = False,
+    curves: str = "both",
+) -> ReportResult:
     """Write the PDF report for ``results_dirs`` to ``out_pdf`` plus ``<stem>_files/`` (PNGs, CSV, Markdown).
 
-    Raises :class:`UserError` if a folder is missing or is not a finished sweep (no summary.parquet).
+    Raises :class:`UserError` if a folder is missing or is not a finished sweep (no summary.parquet),
+    or if the folders evaluated different data or samples (unless ``force``: page 1 then says so).
+    ``curves``: ``robust`` (robust accuracy), ``conditional`` (robust accuracy among clean-correct
+    images) or ``both``.
     """
-    bundle = load_results([Path(d) for d in results_dirs])
+    if curves not in CURVE_KINDS:
+        raise UserError(f"curves must be one of {', '.join(CURVE_KINDS)}, not {curves!r}")
+    bundle = load_results([Path(d) for d in results_dirs], force=force)
     out_pdf = Path(out_pdf)
     if out_pdf.suffix.lower() != ".pdf":
         raise UserError(f"report output {out_pdf} must end in .pdf")
@@ -159,7 +171,7 @@ def build_report(results_dirs: list[Path], out_pdf: Path, title: str | None = No
     files.mkdir(parents=True)
     tmp = out_pdf.with_name(f".{out_pdf.name}.tmp")
     try:
-        result = _render(bundle, out_pdf, tmp, files, title)
+        result = _render(bundle, out_pdf, tmp, files, title, curves)
     except BaseException:
         shutil.rmtree(files, ignore_errors=True)
         tmp.unlink(missing_ok=True)
@@ -176,15 +188,38 @@ def build_report(results_dirs: list[Path], out_pdf: Path, title: str | None = No
     return result
 
 
+def _strong_commands(bundle: ResultsBundle, out_pdf: Path, files: Path) -> dict[str, str]:
+    """Per folder without a strong attack: a sweep config adding AutoAttack, and the command to run it.
+
+    The YAML lands in the report's files folder; running it resumes the same results folder, so only
+    the new attack runs and the worst case is recomputed over all attacks.
+    """
+    verdict = compute_verdict(bundle)
+    commands: dict[str, str] = {}
+    folder_of = dict(zip(bundle.manifests, bundle.folders, strict=True))  # label -> path, same order
+    for w in verdict["weak"]:
+        if w["norm"] != "linf":
+            continue
+        for label in sorted({bundle.model_folder.get(m, "") for m in w["models"]}):
+            folder = folder_of.get(label)
+            cfg = strong_attack_config(bundle.manifests.get(label, {}), folder, w["eps"]) if folder else None
+            if cfg is None:
+                continue
+            name = f"add_autoattack_{''.join(c if c.isalnum() else '_' for c in label)}.yaml"
+            (files / name).write_text(yaml.safe_dump(cfg, sort_keys=False))
+            commands[label] = f"robustbench-lta sweep {out_pdf.parent / f'{out_pdf.stem}_files' / name}"
+    return commands
+
+
 def _render(
-    bundle: ResultsBundle, out_pdf: Path, tmp: Path, files: Path, title: str | None
+    bundle: ResultsBundle, out_pdf: Path, tmp: Path, files: Path, title: str | None, curves: str = "both"
 ) -> ReportResult:
     """Write the PDF to ``tmp`` and the PNG/CSV/Markdown files into ``files`` (both swapped in later)."""
     from matplotlib.backends.backend_pdf import PdfPages
 
     warnings = list(bundle.missing)
     palette = model_palette(bundle.models)
-    verdict = compute_verdict(bundle)
+    verdict = compute_verdict(bundle, _strong_commands(bundle, out_pdf, files))
     result = ReportResult(pdf=out_pdf, verdict=verdict)
     if len(bundle.models) < 2:
         warnings.append(
@@ -221,7 +256,7 @@ def _render(
 
         # 2. Robustness curves
         section(1)
-        figs = robustness_curve_pages(bundle, palette, _title(1))
+        figs = robustness_curve_pages(bundle, palette, _title(1), kind=curves)
         if figs:
             for k, fig in enumerate(figs):
                 sink.add(fig, f"robustness_curves_{k + 1}")
@@ -237,18 +272,18 @@ def _render(
         for name, (num, _txt, _caption) in pre["tables"].items():
             result.tables += write_table(num, files, name)
         result.tables += write_table(pre["auc"], files, "curve_auc")
-        _table_section(sink, pre, bundle)
+        table_section(sink, pre, bundle)
         result.tables += published_section(sink, bundle, files)  # zoo models: published vs measured
 
         # 4. Attention under attack
         section(3)
-        _attention_section(sink, bundle, palette, pre, result)
+        attention_section(sink, bundle, palette, pre, result)
 
         # 5. Sanity checks
         section(4)
         san = sanity_table(bundle)
         result.tables += write_table(san, files, "sanity_checks")
-        _sanity_section(sink, san)
+        sanity_section(sink, san)
 
         # 6. Per-class robust accuracy
         section(5)
@@ -318,129 +353,3 @@ def _precompute(bundle: ResultsBundle, warnings: list[str]) -> dict[str, Any]:
     if att_models and pre["drift"] is None:
         warnings.append("attention models present but attention.parquet is missing or empty: no drift plot")
     return pre
-
-
-def _table_section(sink: PageSink, pre: dict[str, Any], bundle: ResultsBundle) -> None:
-    """All tables, packed onto as few pages as fit; FAILED/INVALID cells in red, worst-case rows shaded."""
-    empty_note = {
-        "unbounded_attacks": "No unbounded (minimal-perturbation) attack in these results.",
-        "cells_not_ok": "Every cell finished ok.",
-    }
-    items: list[tuple[str, pd.DataFrame, pd.DataFrame | None]] = []
-    tables = dict(pre["tables"])
-    tables["curve_auc"] = (
-        pre["auc"],
-        None,
-        "Area under the robustness curves: mean robust accuracy (%) over "
-        "each curve's eps range (trapezoid / range).",
-    )
-    for name, (num, txt, caption) in tables.items():
-        shown = (txt if txt is not None else num).copy()
-        if shown.empty:
-            items.append((f"{caption} {empty_note.get(name, 'No rows.')}", shown, None))
-            continue
-        for c in shown.columns:
-            if shown[c].dtype.kind == "f":
-                shown[c] = shown[c].map(lambda v: "" if not np.isfinite(v) else f"{v:.4g}")
-        shown = shown.astype(str)
-        colours = pd.DataFrame("white", index=shown.index, columns=shown.columns)
-        colours = colours.where(~shown.isin(["FAILED", "INVALID", "failed", "invalid"]), "#ffcdd2")
-        if "attack" in shown.columns:  # the worst-case rows stand out as the headline numbers
-            colours.loc[shown["attack"] == WORST_CASE, [c for c in ("attack", "model") if c in shown]] = (
-                "#e8eaf6"
-            )
-        items.append((caption, shown, colours))
-    sink.table_stack(
-        _title(2),
-        items,
-        wrap={"message": 90},
-        note="Numbers in %, eps in /255. CSV and Markdown versions (full precision, "
-        "95% intervals) are written beside the PDF.",
-    )
-
-
-def _attention_section(
-    sink: PageSink, bundle: ResultsBundle, palette: dict[str, Any], pre: dict[str, Any], result: ReportResult
-) -> None:
-    att_models = pre["att_models"]
-    if not att_models:
-        sink.text_pages(
-            _title(3),
-            "No attention models in these results: none of the compared models has an attention "
-            "mechanism, so there are no attention maps or drift measurements to show.\n\nModels: "
-            + ", ".join(bundle.models),
-        )
-        return
-    first = True
-    for m in att_models:
-        path = bundle.attention_npz.get(m)
-        if path is None:
-            continue
-        try:
-            fig = map_grid_page(m, path, bundle.classes, _title(3) if first else f"Attention maps: {m}")
-        except (KeyError, ValueError, OSError) as exc:
-            result.warnings.append(f"attention maps of {m} could not be drawn: {exc}")
-            continue
-        sink.add(fig, f"attention_maps_{''.join(c if c.isalnum() else '_' for c in m)}")
-        first = False
-    drift = pre["drift"]
-    if drift is not None and not drift.empty:
-        result.tables += write_table(drift, sink.png_dir, "attention_drift")
-        sink.add(
-            drift_page(drift, palette, _title(3) if first else "Attention drift under attack"),
-            "attention_drift",
-        )
-        first = False
-    if first:
-        sink.text_pages(
-            _title(3),
-            "Attention models (" + ", ".join(att_models) + ") are present, but the "
-            "results hold neither stored maps (attention/MODEL.npz) nor attention.parquet. Re-run "
-            "the sweep with attention_samples > 0 to get them.",
-        )
-
-
-def _sanity_section(sink: PageSink, san: pd.DataFrame) -> None:
-    if san.empty:
-        sink.text_pages(
-            _title(4),
-            "No sanity checks in these results (sanity.parquet missing or empty), so "
-            "gradient masking and evaluation bugs were not screened for. Treat the numbers with care.",
-        )
-        return
-    counts = san["status"].value_counts()
-    head = (
-        f"{len(san)} checks: {counts.get('pass', 0)} pass, {counts.get('warn', 0)} warn, "
-        f"{counts.get('fail', 0)} fail. A warning or failure does not prove the numbers wrong, but each "
-        "points at a way robustness can be overestimated; read the row's message for the specifics."
-    )
-    rows = []
-    for check in sorted(
-        set(san["check"]), key=lambda c: (-(san[san["check"] == c]["status"] != "pass").sum(), c)
-    ):
-        c = san[san["check"] == check]["status"].value_counts()
-        rows.append(
-            {
-                "check": check,
-                "pass": int(c.get("pass", 0)),
-                "warn": int(c.get("warn", 0)),
-                "fail": int(c.get("fail", 0)),
-                "what a warning or failure means": SANITY_EXPLAIN.get(check, "see the rows' messages."),
-            }
-        )
-    overview = pd.DataFrame(rows).astype(str)
-    ov_colours = pd.DataFrame("white", index=overview.index, columns=overview.columns)
-    for col in ("warn", "fail"):
-        ov_colours.loc[overview[col] != "0", col] = STATUS_COLOURS[col]
-    colours = pd.DataFrame("white", index=san.index, columns=san.columns)
-    colours["status"] = san["status"].map(STATUS_COLOURS).fillna("white")
-    sink.table_stack(
-        _title(4),
-        [
-            ("Checks and what their failures mean", overview, ov_colours),
-            ("All rows (fail and warn first)", san, colours),
-        ],
-        note=head,
-        wrap={"what a warning or failure means": 85, "message": 80, "attack": 22},
-        fontsize=8,
-    )

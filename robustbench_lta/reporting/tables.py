@@ -101,7 +101,15 @@ def _pivot(bundle: ResultsBundle, col: str, fmt: str) -> tuple[pd.DataFrame, pd.
     b = s[np.isfinite(s["eps"].astype(float))].copy()
     b["_wc"] = b["attack"] == WORST_CASE
     b = b.sort_values(["norm", "_wc", "attack", "model", "eps"], kind="stable")
-    name = {"robust_acc": "robust_acc_%", "attack_success_rate": "attack_success_rate_%"}.get(col, col)
+    clean = b["clean_acc"].astype(float)
+    # among clean-correct samples: robust / clean (both shares of the same n)
+    safe = clean.where(clean > 0, 1.0)
+    b["cond_robust_acc"] = np.where(clean > 0, b["robust_acc"].astype(float) / safe, np.nan)
+    name = {
+        "robust_acc": "robust_acc_%",
+        "attack_success_rate": "attack_success_rate_%",
+        "cond_robust_acc": "robust_among_clean_correct_%",
+    }.get(col, col)
     num_rows = []
     for r in b.itertuples(index=False):
         ok = r.status == "ok"
@@ -115,9 +123,12 @@ def _pivot(bundle: ResultsBundle, col: str, fmt: str) -> tuple[pd.DataFrame, pd.
             "n": int(r.n),
             name: round(100 * v, 3) if fmt == "pct" and np.isfinite(v) else v,
         }
-        if col == "robust_acc":
-            lo, hi = wilson(v * r.n, r.n) if np.isfinite(v) else (np.nan, np.nan)
+        if col in ("robust_acc", "cond_robust_acc"):
+            k = r.n if col == "robust_acc" else round(float(r.clean_acc) * r.n)
+            lo, hi = wilson(v * k, k) if np.isfinite(v) else (np.nan, np.nan)
             row["ci_lo_%"], row["ci_hi_%"] = round(100 * lo, 3), round(100 * hi, 3)
+            if col == "cond_robust_acc":
+                row["n_clean_correct"] = int(k)
         row["status"] = r.status
         num_rows.append(row)
     num = pd.DataFrame(num_rows)
@@ -234,6 +245,14 @@ def all_tables(bundle: ResultsBundle) -> dict[str, tuple[pd.DataFrame, pd.DataFr
         txt,
         "Robust accuracy (%) per attack and model (rows) and eps (columns); the CSV adds 95% Wilson "
         "intervals. FAILED/INVALID: the cell did not finish (see 'cells not ok'); '-': not run.",
+    )
+    num, txt = _pivot(bundle, "cond_robust_acc", "pct")
+    out["robust_among_clean_correct"] = (
+        num,
+        txt,
+        "Robust accuracy among clean-correct images (%): robust / clean accuracy, the share of the images a "
+        "model got right that the attacks could not break (separates robustness from accuracy); the CSV "
+        "adds n and 95% Wilson intervals.",
     )
     num, txt = _pivot(bundle, "attack_success_rate", "pct")
     out["attack_success_rate"] = (

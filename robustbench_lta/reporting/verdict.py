@@ -1,11 +1,14 @@
-"""The plain-language verdict: which model is more robust, where, by how much, and how sure we are.
+"""The plain-language verdict: which model is more robust, where, by how much, how sure, and how strong.
 
-Per norm the verdict compares the worst-case robust accuracy (a sample counts as robust only if no
+Per norm the verdict compares the worst-case robust accuracy (a sample is robust at eps only if no
 attack of that norm broke it at any budget <= eps) between every pair of models at every nonzero
-eps. The 95% interval of the difference is a paired bootstrap over samples when both models were
-evaluated on the same samples (samples.parquet), else Newcombe's hybrid score interval from the two
-Wilson intervals (independent proportions). A difference is called only when its interval
-excludes 0; otherwise the text says "no significant difference".
+eps, and clean accuracy. Models evaluated on the same samples are compared paired: exact McNemar
+test, bootstrap interval of the difference; otherwise unpaired: Fisher's exact test, Newcombe
+interval (reporting/stats.py, all through scipy/statsmodels). The tests of one pair of models (clean
+accuracy and every budget) form one family, Holm-corrected; a difference is called only when it
+survives the correction. Each worst case is named with the attacks it was really taken over, the
+strongest attack at the headline eps is named, and when no strong attack (AutoAttack, PGD/APGD with
+>= 50 steps) ran, the verdict opens by saying the numbers are upper bounds from weak attacks.
 """
 
 from __future__ import annotations
@@ -20,59 +23,20 @@ import pandas as pd
 from .load import (
     BOUNDED_NORMS,
     EPS_TOL,
-    NORM_NAMES,
     WORST_CASE,
     ResultsBundle,
     eps_grid,
-    eps_label,
     headline_eps,
     norm_attacks,
-    wilson,
     worst_case_per_sample,
 )
-
-N_BOOT = 4000
-SEED = 0
-
-
-def paired_bootstrap_diff(
-    a: np.ndarray, b: np.ndarray, n_boot: int = N_BOOT, seed: int = SEED, level: float = 0.95
-) -> tuple[float, float]:
-    """Percentile CI of mean(a) - mean(b) for paired 0/1 outcomes, resampling samples with replacement.
-
-    Per-sample differences take only the values -1, 0, +1, so resampling n of them is a multinomial
-    draw over those three values: exact, and O(n_boot) instead of O(n_boot * n) memory.
-    """
-    a = np.asarray(a, dtype=float)
-    b = np.asarray(b, dtype=float)
-    n = len(a)
-    if n == 0:
-        return (math.nan, math.nan)
-    d = a - b
-    probs = np.array([(d > 0).mean(), (d == 0).mean(), (d < 0).mean()])
-    probs = probs / probs.sum()
-    rng = np.random.default_rng(seed)
-    counts = rng.multinomial(n, probs, size=n_boot)
-    diffs = (counts[:, 0] - counts[:, 2]) / n
-    alpha = (1 - level) / 2
-    return (float(np.quantile(diffs, alpha)), float(np.quantile(diffs, 1 - alpha)))
+from .protocol import attack_specs, strength_at
+from .stats import ALPHA, holm, mcnemar_exact, newcombe_diff, paired_diff_ci, unpaired_test
+from .unbounded import unbounded_verdict
+from .verdict_text import caveat_sentences, verdict_text
 
 
-def newcombe_diff(p1: float, n1: int, p2: float, n2: int) -> tuple[float, float]:
-    """Newcombe's hybrid score (method 10) 95% interval for p1 - p2 from independent samples."""
-    if n1 <= 0 or n2 <= 0 or not (np.isfinite(p1) and np.isfinite(p2)):
-        return (math.nan, math.nan)
-    l1, u1 = wilson(p1 * n1, n1)
-    l2, u2 = wilson(p2 * n2, n2)
-    d = p1 - p2
-    return (d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2))
-
-
-def _pp(x: float, sign: bool = True) -> str:
-    return f"{x * 100:+.1f}" if sign else f"{x * 100:.1f}"
-
-
-def _compare(
+def compare_pair(
     name_a: str,
     name_b: str,
     acc_a: float,
@@ -82,20 +46,24 @@ def _compare(
     n_a: int,
     n_b: int,
 ) -> dict[str, Any]:
-    """One pairwise comparison (a minus b), paired when both models saw the same samples."""
-    method = "newcombe"
-    n = min(n_a, n_b)
-    lo, hi = math.nan, math.nan
+    """One comparison (a minus b): test p-value and 95% interval, paired when both saw the same samples.
+
+    ``significant``/``better`` are set later, after the Holm correction of the pair's family.
+    """
+    diff = acc_a - acc_b
     if vec_a is not None and vec_b is not None and len(vec_a) and set(vec_a.index) == set(vec_b.index):
         common = vec_a.index
-        lo, hi = paired_bootstrap_diff(vec_a.loc[common].to_numpy(), vec_b.loc[common].to_numpy())
-        method = "paired bootstrap"
-        n = len(common)
+        a, b = vec_a.loc[common].to_numpy() > 0.5, vec_b.loc[common].to_numpy() > 0.5
+        p, only_a, only_b = mcnemar_exact(a, b)
+        lo, hi = paired_diff_ci(a, b)
+        method, test, n = "paired", "exact McNemar", len(common)
+        extra = {"only_a": only_a, "only_b": only_b}
     else:
-        lo, hi = newcombe_diff(acc_a, n_a, acc_b, n_b)
-    diff = acc_a - acc_b
-    significant = bool(np.isfinite(lo) and np.isfinite(hi) and (lo > 0 or hi < 0))
-    better = (name_a if diff > 0 else name_b) if significant else None
+        k_a, k_b = int(round(acc_a * n_a)), int(round(acc_b * n_b))
+        p = unpaired_test(k_a, n_a, k_b, n_b)
+        lo, hi = newcombe_diff(k_a, n_a, k_b, n_b)
+        method, test, n = "unpaired", "Fisher exact", min(n_a, n_b)
+        extra = {"k_a": k_a, "k_b": k_b, "n_a": int(n_a), "n_b": int(n_b)}
     return {
         "model_a": name_a,
         "model_b": name_b,
@@ -104,9 +72,13 @@ def _compare(
         "diff": diff,
         "ci": [lo, hi],
         "method": method,
+        "test": test,
+        "p": p,
+        "p_holm": math.nan,
         "n": int(n),
-        "significant": significant,
-        "better": better,
+        "significant": False,
+        "better": None,
+        **extra,
     }
 
 
@@ -129,8 +101,8 @@ def _clean(bundle: ResultsBundle) -> tuple[dict[str, float], dict[str, int], dic
     return acc, ns, vecs
 
 
-def _norm_series(bundle: ResultsBundle, norm: str, grid: list[float]) -> dict[str, Any]:
-    """Worst-case robust accuracy per model and eps for one norm, with per-sample vectors if available."""
+def _norm_series(bundle: ResultsBundle, norm: str, grid: list[float], clean: dict[str, float]) -> dict:
+    """Worst-case robust accuracy (and among clean-correct) per model and eps, with per-sample vectors."""
     s = bundle.summary
     acc: dict[str, dict[float, float]] = {}
     ns: dict[str, int] = {}
@@ -162,14 +134,15 @@ def _norm_series(bundle: ResultsBundle, norm: str, grid: list[float]) -> dict[st
                 if not cells.empty:
                     acc[m][e] = float(cells["robust_acc"].min())
                     source[m] = "minimum over attacks of summary.parquet (no per-sample data)"
-    return {"acc": acc, "n": ns, "vecs": vecs, "source": source}
+    # among clean-correct images: robust / clean (both shares of the same n)
+    cond = {
+        m: {e: (a / clean[m] if clean.get(m) else math.nan) for e, a in v.items()} for m, v in acc.items()
+    }
+    return {"acc": acc, "cond": cond, "n": ns, "vecs": vecs, "source": source}
 
 
 def _sample_identity(bundle: ResultsBundle) -> Any:
-    """``same(a, b)``: did models a and b see the same samples (same indices, same labels)?
-
-    Only then is a paired comparison valid; models from different runs may have used other data.
-    """
+    """``same(a, b)``: did models a and b see the same samples (same indices, same labels)?"""
     labels: dict[str, pd.Series] = {}
     if bundle.samples is not None:
         for m, g in bundle.samples.groupby("model", sort=False):
@@ -184,8 +157,28 @@ def _sample_identity(bundle: ResultsBundle) -> Any:
     return same
 
 
-def compute_verdict(bundle: ResultsBundle) -> dict[str, Any]:
-    """Compare models per norm; return structured numbers plus the paragraph (``"text"``) for the PDF."""
+def _apply_holm(out: dict[str, Any]) -> None:
+    """Holm over each pair's family (clean accuracy and every nonzero budget of every norm)."""
+    families: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for c in out["clean_comparisons"]:
+        families.setdefault((c["model_a"], c["model_b"]), []).append(c)
+    for nv in out["norms"].values():
+        for c in nv["comparisons"]:
+            families.setdefault((c["model_a"], c["model_b"]), []).append(c)
+    for comps in families.values():
+        reject, adjusted = holm([c["p"] for c in comps], ALPHA)
+        for c, r, adj in zip(comps, reject, adjusted, strict=True):
+            c["p_holm"], c["family"] = adj, len(comps)
+            c["significant"] = bool(r and c["diff"] != 0)
+            c["better"] = (c["model_a"] if c["diff"] > 0 else c["model_b"]) if c["significant"] else None
+
+
+def compute_verdict(bundle: ResultsBundle, strong_commands: dict[str, str] | None = None) -> dict[str, Any]:
+    """Compare models per norm; structured numbers plus the paragraphs (``"text"``) for the PDF.
+
+    ``strong_commands`` maps a results folder's label to the command that adds a strong attack to it
+    (named in the weak-attack sentence).
+    """
     models = bundle.models
     clean_acc, clean_n, clean_vecs = _clean(bundle)
     out: dict[str, Any] = {
@@ -194,36 +187,37 @@ def compute_verdict(bundle: ResultsBundle) -> dict[str, Any]:
         "clean_n": clean_n,
         "clean_comparisons": [],
         "norms": {},
+        "weak": [],
+        "forced": list(bundle.forced),
         "text": "",
     }
     same = _sample_identity(bundle)
     for a, b in itertools.combinations(sorted(clean_acc), 2):
         pair = same(a, b)
-        out["clean_comparisons"].append(
-            _compare(
-                a,
-                b,
-                clean_acc[a],
-                clean_acc[b],
-                clean_vecs.get(a) if pair else None,
-                clean_vecs.get(b) if pair else None,
-                clean_n[a],
-                clean_n[b],
-            )
+        c = compare_pair(
+            a,
+            b,
+            clean_acc[a],
+            clean_acc[b],
+            clean_vecs.get(a) if pair else None,
+            clean_vecs.get(b) if pair else None,
+            clean_n[a],
+            clean_n[b],
         )
+        out["clean_comparisons"].append({**c, "eps": None})
+    s = bundle.summary
     for norm in BOUNDED_NORMS:
-        grid = eps_grid(bundle.summary, norm)
-        attacks = norm_attacks(bundle.summary, norm)
-        if not grid or not attacks:
+        grid = eps_grid(s, norm)
+        if not grid or not norm_attacks(s, norm):
             continue
-        ser = _norm_series(bundle, norm, grid)
+        ser = _norm_series(bundle, norm, grid, clean_acc)
         comps = []
         for a, b in itertools.combinations(sorted(ser["acc"]), 2):
+            va, vb = (ser["vecs"].get(a), ser["vecs"].get(b)) if same(a, b) else (None, None)
             for e in grid:
                 if e <= EPS_TOL or e not in ser["acc"][a] or e not in ser["acc"][b]:
                     continue
-                va, vb = (ser["vecs"].get(a), ser["vecs"].get(b)) if same(a, b) else (None, None)
-                c = _compare(
+                c = compare_pair(
                     a,
                     b,
                     ser["acc"][a][e],
@@ -233,206 +227,40 @@ def compute_verdict(bundle: ResultsBundle) -> dict[str, Any]:
                     ser["n"][a],
                     ser["n"][b],
                 )
-                c["eps"] = e
-                comps.append(c)
+                comps.append({**c, "eps": e})
         head = headline_eps(grid, norm)
+        by_model = {m: norm_attacks(s[s["model"] == m], norm) for m in ser["acc"]}
+        strength = {}
+        for m in ser["acc"]:
+            specs = attack_specs(bundle.manifests.get(bundle.model_folder.get(m, ""), {}))
+            strength[m] = strength_at(s, specs, m, norm, head) if head is not None else {}
         out["norms"][norm] = {
-            "attacks": attacks,
+            "attacks": norm_attacks(s, norm),
+            "attacks_by_model": by_model,
             "eps": grid,
             "headline_eps": head,
             "robust_acc": {m: dict(v) for m, v in ser["acc"].items()},
+            "conditional_acc": ser["cond"],
             "n": ser["n"],
             "source": ser["source"],
+            "strength": strength,
             "comparisons": comps,
         }
-    out["unbounded"] = _unbounded(bundle)
-    out["text"] = verdict_text(out)
-    return out
-
-
-def bootstrap_median_diff(
-    a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = SEED, level: float = 0.95
-) -> tuple[float, float]:
-    """Percentile CI of median(a) - median(b) for independent samples (resampled separately)."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    if len(a) == 0 or len(b) == 0:
-        return (math.nan, math.nan)
-    rng = np.random.default_rng(seed)
-    ma = np.median(rng.choice(a, size=(n_boot, len(a))), axis=1)
-    mb = np.median(rng.choice(b, size=(n_boot, len(b))), axis=1)
-    alpha = (1 - level) / 2
-    d = ma - mb
-    return (float(np.quantile(d, alpha)), float(np.quantile(d, 1 - alpha)))
-
-
-def _unbounded(bundle: ResultsBundle) -> dict[str, Any]:
-    """Per unbounded (minimal-perturbation) attack: median norm of the successful perturbations per model,
-    and for each pair of models the bootstrap CI of the difference of medians (from samples.parquet)."""
-    s = bundle.summary
-    rows = s[(~np.isfinite(s["eps"].astype(float))) & (s["status"] == "ok") & (s["attack"] != WORST_CASE)]
-    out: dict[str, Any] = {}
-    for attack, g in rows.groupby("attack", sort=True):
-        med = {
-            str(r.model): float(r.median_norm)
-            for r in g.itertuples(index=False)
-            if np.isfinite(r.median_norm)
-        }
-        if not med:
-            continue
-        norms: dict[str, np.ndarray] = {}
-        if bundle.samples is not None:
-            sm = bundle.samples[(bundle.samples["attack"] == attack) & ~np.isfinite(bundle.samples["eps"])]
-            for m in med:
-                x = sm[sm["model"] == m]
-                fooled = (x["clean_pred"] == x["label"]) & x["broken"].astype(bool)
-                norms[m] = x.loc[fooled, "norm"].to_numpy(float)
-        comps = []
-        for a, b in itertools.combinations(sorted(med), 2):
-            lo, hi = (
-                bootstrap_median_diff(norms[a], norms[b])
-                if a in norms and b in norms
-                else (math.nan, math.nan)
-            )
-            sig = bool(np.isfinite(lo) and (lo > 0 or hi < 0))
-            diff = med[a] - med[b]
-            comps.append(
+        weak = [m for m in strength if not strength[m].get("strong")]
+        if weak and head is not None and head > EPS_TOL:
+            folders = sorted({bundle.model_folder.get(m, "") for m in weak})
+            cmds = [(strong_commands or {}).get(f) for f in folders]
+            out["weak"].append(
                 {
-                    "model_a": a,
-                    "model_b": b,
-                    "diff": diff,
-                    "ci": [lo, hi],
-                    "significant": sig,
-                    "better": (a if diff > 0 else b) if sig else None,
+                    "norm": norm,
+                    "eps": head,
+                    "models": weak,
+                    "attacks": sorted({a for m in weak for a in strength[m].get("attacks", [])}),
+                    "commands": [c for c in cmds if c],
                 }
             )
-        out[str(attack)] = {"norm": str(g["norm"].iloc[0]), "median_norm": med, "comparisons": comps}
+    _apply_holm(out)
+    out["unbounded"] = unbounded_verdict(bundle)
+    out["caveats"] = caveat_sentences(out)
+    out["text"] = verdict_text(out)
     return out
-
-
-def _ci(c: dict[str, Any]) -> str:
-    lo, hi = c["ci"]
-    return f"95% CI {_pp(lo)} to {_pp(hi)} pp, {c['method']}, n={c['n']}"
-
-
-def _focus(comparisons: list[dict[str, Any]], best: str | None, n_models: int) -> list[dict[str, Any]]:
-    """All pairs for two models; with more, only the pairs involving the leading model (readable text)."""
-    if n_models <= 2 or best is None:
-        return comparisons
-    return [c for c in comparisons if best in (c["model_a"], c["model_b"])]
-
-
-def verdict_text(v: dict[str, Any]) -> str:
-    """Plain-language paragraphs from :func:`compute_verdict`'s structured output."""
-    models = v["models"]
-    paras: list[str] = []
-    if not models:
-        return "No model has results: nothing can be compared."
-    if v["clean"]:
-        accs = ", ".join(f"{m} {_pp(a, False)}%" for m, a in sorted(v["clean"].items()))
-        line = f"Clean accuracy: {accs}."
-        best = max(v["clean"], key=lambda m: v["clean"][m])
-        if len(v["clean"]) > 2:
-            line += (
-                f" With {len(v['clean'])} models, the most accurate ({best}) is compared with each other one."
-            )
-        for c in _focus(v["clean_comparisons"], best, len(v["clean"])):
-            if c["significant"]:
-                line += (
-                    f" {c['better']} is more accurate on clean inputs by {abs(c['diff']) * 100:.1f} pp "
-                    f"({c['model_a']} minus {c['model_b']}: {_pp(c['diff'])} pp, {_ci(c)})."
-                )
-            else:
-                line += (
-                    f" No significant clean-accuracy difference between {c['model_a']} and "
-                    f"{c['model_b']} ({_pp(c['diff'])} pp, {_ci(c)})."
-                )
-        paras.append(line)
-    if not v["norms"]:
-        paras.append("No bounded attack finished, so robust accuracy cannot be compared.")
-    for norm, nv in v["norms"].items():
-        head = nv["headline_eps"]
-        attacks = ", ".join(nv["attacks"])
-        accs = nv["robust_acc"]
-        intro = f"{NORM_NAMES.get(norm, norm)} threat model (worst case over {attacks})"
-        if head is not None:
-            at_head = ", ".join(f"{m} {accs[m][head] * 100:.1f}%" for m in sorted(accs) if head in accs[m])
-            intro += f": robust accuracy at eps {eps_label(head)}: {at_head}."
-        else:
-            intro += "."
-        if len(accs) < 2:
-            intro += " Only one model has results under this norm, so there is nothing to compare."
-            paras.append(intro)
-            continue
-        if not any(e > EPS_TOL for e in nv["eps"]):
-            intro += " Only eps 0 was evaluated, which equals clean accuracy: no robustness comparison."
-            paras.append(intro)
-            continue
-        pairs: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        ranked = [m for m in accs if head is not None and head in accs[m]]
-        best = max(ranked, key=lambda m: accs[m][head]) if ranked else None
-        for c in _focus(nv["comparisons"], best, len(accs)):
-            pairs.setdefault((c["model_a"], c["model_b"]), []).append(c)
-        parts = [intro]
-        if len(accs) > 2 and best is not None:
-            parts.append(
-                f"With {len(accs)} models, the most robust at {eps_label(head)} ({best}) is compared "
-                "with each other one."
-            )
-        for (a, b), cs in pairs.items():
-            hc = next((c for c in cs if head is not None and abs(c["eps"] - head) <= EPS_TOL), cs[-1])
-            if hc["significant"]:
-                worse = b if hc["better"] == a else a
-                parts.append(
-                    f"At {eps_label(hc['eps'])}, {hc['better']} is more robust than {worse} by "
-                    f"{abs(hc['diff']) * 100:.1f} pp ({a} minus {b}: {_pp(hc['diff'])} pp, {_ci(hc)})."
-                )
-            else:
-                parts.append(
-                    f"At {eps_label(hc['eps'])}, no significant difference between {a} and {b} "
-                    f"({_pp(hc['diff'])} pp, {_ci(hc)})."
-                )
-            wins: dict[str, list[str]] = {a: [], b: []}
-            ties: list[str] = []
-            for c in cs:
-                (wins[c["better"]] if c["significant"] else ties).append(eps_label(c["eps"]))
-            summary = []
-            for m in (a, b):
-                if wins[m]:
-                    summary.append(f"{m} is more robust at {', '.join(wins[m])}")
-            if ties:
-                summary.append(f"no significant difference at {', '.join(ties)}")
-            if len(accs) == 2:  # with more models the per-eps detail is in the tables and verdict.json
-                parts.append("Across the eps grid: " + "; ".join(summary) + ".")
-        paras.append(" ".join(parts))
-    for attack, u in (v.get("unbounded") or {}).items():
-        meds = ", ".join(f"{m} {x:.3g} (x255: {x * 255:.3g})" for m, x in sorted(u["median_norm"].items()))
-        line = (
-            f"Unbounded {attack} ({NORM_NAMES.get(u['norm'], u['norm'])}, minimal perturbation): median "
-            f"norm of the perturbations that fooled each model: {meds}; larger means more robust."
-        )
-        best_u = max(u["median_norm"], key=lambda m: u["median_norm"][m])
-        for c in _focus(u["comparisons"], best_u, len(u["median_norm"])):
-            lo, hi = c["ci"]
-            ci = (
-                f"95% CI {lo:+.3g} to {hi:+.3g}, bootstrap"
-                if np.isfinite(lo)
-                else "no per-sample norms, so no interval"
-            )
-            if c["significant"]:
-                worse = c["model_b"] if c["better"] == c["model_a"] else c["model_a"]
-                line += (
-                    f" {c['better']} needs larger perturbations than {worse} "
-                    f"({c['model_a']} minus {c['model_b']}: {c['diff']:+.3g}, {ci})."
-                )
-            else:
-                line += (
-                    f" No significant difference in median norm between {c['model_a']} and {c['model_b']} "
-                    f"({c['diff']:+.3g}, {ci})."
-                )
-        paras.append(line)
-    if len(models) >= 2 and v["clean"] and v["norms"]:
-        paras.append(
-            "Robust accuracy counts clean mistakes as failures, so at small eps a gap partly "
-            "repeats the clean-accuracy gap; compare the curves' slopes as well as their levels."
-        )
-    return "\n\n".join(paras)

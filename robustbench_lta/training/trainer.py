@@ -10,10 +10,16 @@ weights, and an interrupted run resumed from ``last`` gives the same weights as 
 
 Out folder (``config.out`` or ``runs/<model name>``)::
 
-    best.safetensors + best.json        weights + card of the epoch with the best test accuracy
+    best.safetensors + best.json        weights + card of the epoch with the best validation accuracy
     last.safetensors + last.json        weights + card after the latest finished epoch
     trainer_state.safetensors + .json   optimizer momentum, RNG states (tensors) + scalar state (JSON)
-    history.csv                         epoch, lr, train_loss, train_acc, test_acc, images_per_s, seconds
+    history.csv                         epoch, lr, train_loss, train_acc, val_acc, images_per_s, seconds
+
+Model selection never sees the test split: ``val_fraction`` (default 10 %) of the training images
+is held out, seeded and stratified (training/selection.py), ``best`` is chosen by accuracy on it,
+and the test split is measured once, for the chosen epoch, when training finishes. The card's
+``selection`` section records the rule, the split and its size. ``val_fraction: 0`` holds nothing
+out: ``best`` is then the last epoch.
 
 Running again with the same out folder resumes after the last finished epoch (raise ``epochs`` to
 train longer). Ctrl-C stops training; ``last`` always holds a complete, loadable epoch.
@@ -52,10 +58,12 @@ from .checkpoint import (
     sha256_file,
     state_dict_for_saving,
 )
+from .selection import checkpoint_card as _card
+from .selection import hold_out_validation
 
 STATE_NAME = "trainer_state"
 STATE_FORMAT_VERSION = 1
-HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "test_acc", "images_per_s", "seconds")
+HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_acc", "images_per_s", "seconds")
 #: Config keys that may change between an interrupted run and its resumption.
 RESUMABLE_CHANGES = frozenset(
     {
@@ -83,11 +91,13 @@ class TrainResult:
     out_dir: Path
     best_path: Path
     last_path: Path
-    best_acc: float
+    best_acc: float  # validation accuracy of the chosen epoch (NaN without a validation split)
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int = 0
-    final_acc: float = float("nan")
+    final_acc: float = float("nan")  # validation accuracy of the last epoch
     resumed_from: int = 0
+    test_acc: float = float("nan")  # test accuracy of the chosen epoch, measured once
+    selection: dict[str, Any] = field(default_factory=dict)  # the card's selection section
 
 
 # ------------------------------------------------------------------------------------------- pieces
@@ -330,6 +340,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         )
 
     train_ds, test_ds = load_splits(config)
+    train_ds, val_ds, selection = hold_out_validation(train_ds, config)
     fork_devices = (
         [device.index if device.index is not None else torch.cuda.current_device()]
         if device.type == "cuda"
@@ -342,7 +353,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
             torch.cuda.manual_seed(config.seed)
             torch.backends.cudnn.benchmark = True
         try:
-            return _train(config, progress, device, out_dir, saved, train_ds, test_ds)
+            return _train(config, progress, device, out_dir, saved, train_ds, test_ds, val_ds, selection)
         finally:
             torch.backends.cudnn.benchmark = benchmark_before
 
@@ -355,6 +366,8 @@ def _train(
     saved: tuple[dict[str, Any], dict[str, torch.Tensor]] | None,
     train_ds: ImageDataset,
     test_ds: ImageDataset,
+    val_ds: ImageDataset | None,
+    selection: dict[str, Any],
 ) -> TrainResult:
     model = build_model(config, train_ds)
     channels_last = config.channels_last and device.type == "cuda"
@@ -383,18 +396,22 @@ def _train(
     generator = torch.Generator().manual_seed(derive_seed(config.seed, "train-batches"))
 
     start_epoch, best_acc, best_epoch, history, last_acc = 0, -1.0, 0, [], float("nan")
+    tested: dict[str, Any] = {}  # {"epoch": e, "acc": a, "times": k}: the one test measurement
     if saved is not None:
         state, tensors = saved
         start_epoch = int(state["epoch"])
         best_acc, best_epoch = float(state["best_acc"]), int(state["best_epoch"])
         history, last_acc = list(state["history"]), float(state["last_acc"])
+        tested = dict(state.get("tested") or {})
         _restore(model, optimizer, scheduler, scaler, generator, device, out_dir, state, tensors)
         if progress:
             print(f"resuming {out_dir} after epoch {start_epoch}", file=sys.stderr)
 
     train_data, test_data = _Batches(train_ds, device), _Batches(test_ds, device)
+    val_data = _Batches(val_ds, device) if val_ds is not None else None
     eval_bs = max(bs, 256)
     card_base = _card_base(config, train_ds, test_ds, device)
+    card_base["dataset"]["n_val"] = 0 if val_ds is None else len(val_ds)
     pad, flip = config.augment.crop_padding, config.augment.flip
     autocast = torch.autocast(device_type="cuda", dtype=amp_dtype) if amp_dtype is not None else nullcontext()
 
@@ -467,37 +484,30 @@ def _train(
                 )
             if ddp is not None and not ddp.is_main:
                 continue  # rank 0 evaluates and writes checkpoints, state and history
-            test_acc = None
-            if epoch % config.eval_every == 0 or epoch == config.epochs:
-                test_acc = last_acc = evaluate(model, test_data, eval_bs, channels_last)
+            val_acc = None
+            if val_data is not None and (epoch % config.eval_every == 0 or epoch == config.epochs):
+                val_acc = last_acc = evaluate(model, val_data, eval_bs, channels_last)
             row = {
                 "epoch": epoch,
                 "lr": lr_used,
                 "train_loss": round(train_loss, 6),
                 "train_acc": round(int(correct) / seen, 6),
-                "test_acc": None if test_acc is None else round(test_acc, 6),
+                "val_acc": None if val_acc is None else round(val_acc, 6),
                 "images_per_s": round(seen / train_seconds, 1),
                 "seconds": round(time.perf_counter() - t0, 3),
             }
             history.append(row)
-            improved = test_acc is not None and test_acc > best_acc
+            # without a validation split nothing is selected: best follows the last epoch
+            improved = val_data is None or (val_acc is not None and val_acc > best_acc)
             if improved:
-                best_acc, best_epoch = test_acc, epoch
+                best_acc, best_epoch = (math.nan if val_acc is None else val_acc), epoch
             with defer_keyboard_interrupt():
                 if improved:
-                    save_checkpoint(
-                        model,
-                        out_dir / "best",
-                        {**card_base, "epochs": epoch, "clean_test_accuracy": test_acc},
-                    )
+                    save_checkpoint(model, out_dir / "best", _card(card_base, selection, epoch, val_acc))
                 save_checkpoint(
                     model,
                     out_dir / "last",
-                    {
-                        **card_base,
-                        "epochs": epoch,
-                        "clean_test_accuracy": None if math.isnan(last_acc) else last_acc,
-                    },
+                    _card(card_base, selection, epoch, None if math.isnan(last_acc) else last_acc, last=True),
                 )
                 _save_state(
                     out_dir,
@@ -513,14 +523,15 @@ def _train(
                         "best_epoch": best_epoch,
                         "last_acc": last_acc,
                         "history": history,
+                        "tested": tested,
                     },
                 )
                 _write_history(out_dir, history)
             if progress:
-                shown = "-" if test_acc is None else f"{test_acc:.4f}"
+                shown = "-" if val_acc is None else f"{val_acc:.4f}"
                 tqdm.write(
                     f"epoch {epoch}/{config.epochs}  lr {lr_used:.4g}  loss {train_loss:.4f}  "
-                    f"train acc {row['train_acc']:.4f}  test acc {shown}  {row['images_per_s']:.0f} img/s",
+                    f"train acc {row['train_acc']:.4f}  val acc {shown}  {row['images_per_s']:.0f} img/s",
                     file=sys.stderr,
                 )
     except KeyboardInterrupt:
@@ -533,15 +544,28 @@ def _train(
         )
         raise
 
+    if tested.get("epoch") != best_epoch and best_epoch > 0:
+        tested = _test_chosen_epoch(model, test_data, eval_bs, channels_last, out_dir, tested, best_epoch)
+        with defer_keyboard_interrupt():
+            state = json.loads((out_dir / f"{STATE_NAME}.json").read_text())
+            state["tested"] = tested
+            atomic_write_json(out_dir / f"{STATE_NAME}.json", state)
+    test_acc = float(tested.get("acc", math.nan))
     rates = [r["images_per_s"] for r in history if r.get("images_per_s")]
     ips = f", {sum(rates) / len(rates):.0f} img/s" if rates else ""
     done = "already trained" if start_epoch >= config.epochs else "trained"
     if ddp is not None:
         ddp.barrier()  # every rank returns once rank 0 has written the last checkpoint
     if ddp is None or ddp.is_main:
+        chosen = (
+            f"best val acc {best_acc:.4f} (epoch {best_epoch}, {selection['n']} held-out train images), "
+            f"last val acc {last_acc:.4f}"
+            if val_data is not None
+            else f"no validation split: best = last epoch {best_epoch}"
+        )
         print(
-            f"{done} {config.model.name} on {config.data.name} for {len(history)} epoch(s): "
-            f"best test acc {best_acc:.4f} (epoch {best_epoch}), last {last_acc:.4f}{ips} -> {out_dir}"
+            f"{done} {config.model.name} on {config.data.name} for {len(history)} epoch(s): {chosen}; "
+            f"test acc {test_acc:.4f} (measured once, chosen epoch){ips} -> {out_dir}"
         )
     return TrainResult(
         out_dir=out_dir,
@@ -552,7 +576,37 @@ def _train(
         best_epoch=best_epoch,
         final_acc=last_acc,
         resumed_from=start_epoch,
+        test_acc=test_acc,
+        selection=json.loads((out_dir / "best.json").read_text()).get("selection", {}),
     )
+
+
+def _test_chosen_epoch(
+    model: nn.Module,
+    test_data: _Batches,
+    batch_size: int,
+    channels_last: bool,
+    out_dir: Path,
+    tested: dict[str, Any],
+    best_epoch: int,
+) -> dict[str, Any]:
+    """Measure the test split once, on ``best``, and write it into best's card (and last's if the same)."""
+    card = json.loads((out_dir / "best.json").read_text())
+    model.load_state_dict(load_tensors(out_dir / "best.safetensors", device=test_data.device), strict=True)
+    acc = evaluate(model, test_data, batch_size, channels_last)
+    times = int(tested.get("times", 0)) + 1
+    measured = {"epoch": best_epoch, "acc": acc, "times": times}
+    card["clean_test_accuracy"] = acc
+    # how often the test split was looked at in this folder's life (a resumed, longer run adds one)
+    card["test_measurements"] = times
+    with defer_keyboard_interrupt():
+        atomic_write_json(out_dir / "best.json", card)
+        last_path = out_dir / "last.json"
+        last = json.loads(last_path.read_text())
+        if last.get("sha256") == card.get("sha256"):
+            last["clean_test_accuracy"], last["test_measurements"] = acc, times
+            atomic_write_json(last_path, last)
+    return measured
 
 
 def _check_input_size(

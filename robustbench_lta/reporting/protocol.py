@@ -1,0 +1,191 @@
+"""What a reviewer checks before trusting a verdict: comparable inputs, strong attacks, clean selection.
+
+- :func:`comparability_problems`: results folders that used different data or different samples
+  cannot be compared (``report`` refuses them unless ``--force``).
+- :func:`attack_strength` / :func:`strength_at`: is the worst case backed by a strong attack
+  (AutoAttack, or PGD/APGD with at least :data:`STRONG_STEPS` steps)? Without one, robust accuracy is
+  only an upper bound from weak attacks, and page 1 says so.
+- :func:`strong_attack_config`: the sweep config that adds AutoAttack at the headline budget to the
+  same results folder (resuming reuses every finished cell and folds the new attack into the
+  worst case).
+- :func:`selection_notes`: checkpoints chosen on the evaluated split, or whose card does not say.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..training.selection import selection_note
+from .load import EPS_TOL, WORST_CASE
+
+STRONG_STEPS = 50
+STRONG_ATTACK = "autoattack"  # what the report tells users to add
+
+
+# ------------------------------------------------------------------------------------- comparability
+def _sample_key(samples: pd.DataFrame | None) -> frozenset | None:
+    if samples is None or samples.empty:
+        return None
+    first = samples.drop_duplicates("index")
+    return frozenset(zip(first["index"].astype(int), first["label"].astype(int), strict=True))
+
+
+def comparability_problems(parts: list[dict[str, Any]]) -> list[str]:
+    """Reasons why results folders (``label``, ``manifest``, ``summary``, ``samples``) are not comparable.
+
+    Two folders compare only when they evaluated the same data (the manifests' dataset fingerprint,
+    else the dataset names and n) on the same samples (index and label of every sample).
+    """
+    problems: list[str] = []
+    if len(parts) < 2:
+        return problems
+    ref = parts[0]
+
+    def fp(part: dict[str, Any]) -> Any:
+        ds = (part["manifest"].get("dataset") or {}) if part["manifest"] else {}
+        fpr = ds.get("fingerprint") or {}
+        return fpr.get("sha256") if isinstance(fpr, dict) else None
+
+    def names(part: dict[str, Any]) -> tuple[str, int]:
+        s = part["summary"]
+        return (
+            ", ".join(sorted(set(s["dataset"].astype(str)))) if "dataset" in s else "unknown",
+            int(s["n"].max()) if len(s) else 0,
+        )
+
+    for part in parts[1:]:
+        a, b = fp(ref), fp(part)
+        if a and b and a != b:
+            problems.append(
+                f"'{ref['label']}' and '{part['label']}' evaluated different data (dataset fingerprints "
+                f"{a[:12]} vs {b[:12]}: {names(ref)[0]}, n={names(ref)[1]} vs {names(part)[0]}, "
+                f"n={names(part)[1]})"
+            )
+            continue
+        if (not a or not b) and names(ref) != names(part):
+            problems.append(
+                f"'{ref['label']}' and '{part['label']}' evaluated different data "
+                f"({names(ref)[0]}, n={names(ref)[1]} vs {names(part)[0]}, n={names(part)[1]})"
+            )
+            continue
+        ka, kb = _sample_key(ref["samples"]), _sample_key(part["samples"])
+        if ka is not None and kb is not None and ka != kb:
+            problems.append(
+                f"'{ref['label']}' and '{part['label']}' evaluated different samples "
+                f"({len(ka & kb)} of {len(ka)} and {len(kb)} sample index/label pairs in common)"
+            )
+    return problems
+
+
+# ------------------------------------------------------------------------------------------ strength
+def _steps(name: str, params: dict[str, Any]) -> int | None:
+    """The attack's step count: its own parameter, else its class default (None if it has none)."""
+    for key in ("steps", "max_iter", "nb_iter", "n_iter"):
+        if key in params:
+            try:
+                return int(params[key])
+            except (TypeError, ValueError):
+                return None
+    try:
+        from ..plugins.registry import get_attack_class
+
+        defaults = getattr(get_attack_class(name, params), "defaults", None) or {}
+    except Exception:  # an attack this installation does not know: strength unknown, treated as weak
+        return None
+    value = defaults.get("steps")
+    return int(value) if isinstance(value, int | float) else None
+
+
+def attack_strength(name: str, params: dict[str, Any] | None = None) -> str | None:
+    """Why ``name`` counts as a strong attack ("AutoAttack", "apgd-ce, 100 steps"), or None if weak."""
+    params = dict(params or {})
+    low = name.lower()
+    if "autoattack" in low:
+        return "AutoAttack"
+    if "pgd" in low:  # PGD and APGD (pgd-linf, apgd-ce, ta:PGD, ta:APGD, fb:LinfPGD, ...)
+        steps = _steps(name, params)
+        if steps is not None and steps >= STRONG_STEPS:
+            return f"{name}, {steps} steps"
+    return None
+
+
+def attack_specs(manifest: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Attack label -> (registered name, parameters) from a manifest."""
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    for label, info in (manifest.get("attacks") or {}).items():
+        if isinstance(info, dict):
+            out[str(label)] = (str(info.get("name") or label), dict(info.get("params") or {}))
+    return out
+
+
+def strength_at(
+    summary: pd.DataFrame, specs: dict[str, tuple[str, dict[str, Any]]], model: str, norm: str, eps: float
+) -> dict[str, Any]:
+    """For one model, norm and eps: the attacks that ran ok, which of them are strong, the strongest.
+
+    "Strongest" is the attack with the lowest robust accuracy at ``eps`` (ties: the strong one).
+    """
+    rows = summary[
+        (summary["model"] == model)
+        & (summary["norm"] == norm)
+        & (summary["attack"] != WORST_CASE)
+        & (summary["status"] == "ok")
+        & ((summary["eps"].astype(float) - eps).abs() <= EPS_TOL)
+    ]
+    attacks = sorted(set(rows["attack"].astype(str)))
+    strong = {}
+    for a in attacks:
+        name, params = specs.get(a, (a, {}))
+        why = attack_strength(name, params)
+        if why:
+            strong[a] = why
+    best = None
+    if len(rows):
+        r = rows.assign(_s=[0 if str(a) in strong else 1 for a in rows["attack"]])
+        r = r.sort_values(["robust_acc", "_s", "attack"], kind="stable")
+        best = (str(r["attack"].iloc[0]), float(r["robust_acc"].iloc[0]))
+    return {"attacks": attacks, "strong": strong, "strongest": best}
+
+
+def strong_attack_config(manifest: dict[str, Any], folder: Path, eps: float) -> dict[str, Any] | None:
+    """The manifest's sweep config plus AutoAttack at ``eps`` into ``folder`` (None: not rebuildable)."""
+    cfg = manifest.get("config")
+    if not isinstance(cfg, dict) or not cfg.get("models") or not cfg.get("attacks"):
+        return None
+    if any(str(m.get("source", "")).startswith("module:") for m in cfg["models"]):
+        return None  # models passed as Python objects: no command line can rebuild them
+    cfg = {k: v for k, v in cfg.items() if v is not None}
+    labels = {a.get("label") or a.get("name") for a in cfg["attacks"]}
+    label = STRONG_ATTACK if STRONG_ATTACK not in labels else f"{STRONG_ATTACK}-headline"
+    scale = float(cfg.get("eps_scale") or 255.0)
+    value = float(np.round(eps * scale, 6))
+    cfg["attacks"] = [*cfg["attacks"], {"name": STRONG_ATTACK, "label": label, "eps": [value]}]
+    cfg["out"] = str(folder.resolve())
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------- selection
+def model_cards(manifests: dict[str, dict[str, Any]], model_folder: dict[str, str]) -> dict[str, Any]:
+    """Model label (as the report shows it) -> the card the sweep stored in its manifest (or None)."""
+    out: dict[str, Any] = {}
+    for label, folder in model_folder.items():
+        models = (manifests.get(folder) or {}).get("models") or {}
+        info = models.get(label.split(" [")[0]) if isinstance(models, dict) else None
+        if isinstance(info, dict) and "registry" in (info.get("fingerprint") or {}):
+            continue  # a registry architecture, not a checkpoint: nothing was selected
+        out[label] = info.get("card") if isinstance(info, dict) else None
+    return out
+
+
+def selection_notes(cards: dict[str, Any], evaluated_split: str = "test") -> list[str]:
+    """One sentence per model whose checkpoint may have been chosen on the evaluated split."""
+    notes = []
+    for label, card in sorted(cards.items()):
+        note = selection_note(card, label, evaluated_split)
+        if note:
+            notes.append(note)
+    return notes

@@ -1,0 +1,190 @@
+"""The verdict's paragraphs, from :func:`~robustbench_lta.reporting.verdict.compute_verdict`'s numbers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .load import EPS_TOL, NORM_NAMES, eps_label
+from .protocol import STRONG_STEPS
+from .unbounded import unbounded_text
+
+
+def _pp(x: float, sign: bool = True) -> str:
+    return f"{x * 100:+.1f}" if sign else f"{x * 100:.1f}"
+
+
+def _ci(c: dict[str, Any]) -> str:
+    lo, hi = c["ci"]
+    interval = "bootstrap" if c["method"] == "paired" else "Newcombe"
+    return (
+        f"95% CI {_pp(lo)} to {_pp(hi)} pp ({interval}); {c['test']} p={c['p']:.2g}, "
+        f"Holm-adjusted p={c['p_holm']:.2g} over {c.get('family', 1)} tests; n={c['n']}"
+    )
+
+
+def _where(c: dict[str, Any]) -> str:
+    return "clean" if c.get("eps") is None else eps_label(c["eps"])
+
+
+def _focus(comparisons: list[dict[str, Any]], best: str | None, n_models: int) -> list[dict[str, Any]]:
+    """All pairs for two models; with more, only the pairs involving the leading model (readable text)."""
+    if n_models <= 2 or best is None:
+        return comparisons
+    return [c for c in comparisons if best in (c["model_a"], c["model_b"])]
+
+
+def _weak_sentence(w: dict[str, Any]) -> str:
+    norm = NORM_NAMES.get(w["norm"], w["norm"])
+    strong = "`autoattack`" if w["norm"] == "linf" else "`ta:AutoAttack:norm=L2` or `pgd-l2:steps=100`"
+    how = (
+        f"add AutoAttack at {eps_label(w['eps'])} to the same results folder with "
+        + " and ".join(f"`{c}`" for c in w["commands"])
+        + " (finished cells are reused and the new attack joins the worst case), then report again"
+        if w["commands"]
+        else f"add {strong} at this eps to the sweep's attacks and run it again into the same results "
+        "folder (finished cells are reused and the new attack joins the worst case), then report again"
+    )
+    return (
+        f"UPPER BOUNDS ONLY: at {eps_label(w['eps'])} ({norm}) no AutoAttack and no PGD/APGD with >= "
+        f"{STRONG_STEPS} steps ran for {', '.join(w['models'])} "
+        f"(attacks: {', '.join(w['attacks']) or 'none'}), "
+        f"so these robust accuracies are upper bounds from weak attacks; {how}."
+    )
+
+
+def _norm_intro(norm: str, nv: dict[str, Any]) -> str:
+    head, accs, by_model = nv["headline_eps"], nv["robust_acc"], nv["attacks_by_model"]
+    sets = {tuple(v) for v in by_model.values()}
+    if len(sets) <= 1:
+        over = f"worst case over {', '.join(next(iter(sets), ()))}"
+    else:
+        over = "worst case over the attacks each model had: " + "; ".join(
+            f"{m}: {', '.join(v)}" for m, v in sorted(by_model.items())
+        )
+    intro = f"{NORM_NAMES.get(norm, norm)} threat model ({over})"
+    if len(sets) > 1:
+        intro += ". The attack sets differ, so these worst cases are not like-for-like"
+    if head is None:
+        return intro + "."
+    cond = nv["conditional_acc"]
+    at_head = ", ".join(f"{m} {accs[m][head] * 100:.1f}%" for m in sorted(accs) if head in accs[m])
+    among = ", ".join(
+        f"{m} {cond[m][head] * 100:.1f}%"
+        for m in sorted(cond)
+        if head in cond[m] and np.isfinite(cond[m][head])
+    )
+    intro += f": robust accuracy at eps {eps_label(head)}: {at_head}"
+    intro += f" (among clean-correct images: {among})." if among else "."
+    strongest = []
+    for m, st in sorted(nv["strength"].items()):
+        if st.get("strongest"):
+            a, r = st["strongest"]
+            tag = " (strong)" if a in st.get("strong", {}) else " (weak)"
+            strongest.append(f"{a}{tag} for {m} ({r * 100:.1f}%)")
+    if strongest:
+        intro += f" Strongest attack at {eps_label(head)}: " + "; ".join(strongest) + "."
+    return intro
+
+
+def caveat_sentences(v: dict[str, Any]) -> list[str]:
+    """What must be read before the verdict: a forced comparison, weak attacks only."""
+    out = []
+    if v.get("forced"):
+        out.append(
+            "FORCED COMPARISON (--force): the inputs are not comparable: "
+            + "; ".join(v["forced"])
+            + ". Differences below may reflect the data, not the models."
+        )
+    return out + [_weak_sentence(w) for w in v.get("weak", [])]
+
+
+def verdict_text(v: dict[str, Any], caveats: bool = True) -> str:
+    """Plain-language paragraphs from :func:`compute_verdict`'s structured output."""
+    models = v["models"]
+    if not models:
+        return "No model has results: nothing can be compared."
+    paras: list[str] = list(caveat_sentences(v)) if caveats else []
+    if v["clean"]:
+        line = (
+            "Clean accuracy: "
+            + ", ".join(f"{m} {_pp(a, False)}%" for m, a in sorted(v["clean"].items()))
+            + "."
+        )
+        best = max(v["clean"], key=lambda m: v["clean"][m])
+        if len(v["clean"]) > 2:
+            line += (
+                f" With {len(v['clean'])} models, the most accurate ({best}) is compared with each other one."
+            )
+        for c in _focus(v["clean_comparisons"], best, len(v["clean"])):
+            if c["significant"]:
+                line += (
+                    f" {c['better']} is more accurate on clean inputs by {abs(c['diff']) * 100:.1f} pp "
+                    f"({c['model_a']} minus {c['model_b']}: {_pp(c['diff'])} pp, {_ci(c)})."
+                )
+            else:
+                line += (
+                    f" No significant clean-accuracy difference between {c['model_a']} and "
+                    f"{c['model_b']} after Holm correction ({_pp(c['diff'])} pp, {_ci(c)})."
+                )
+        paras.append(line)
+    if not v["norms"]:
+        paras.append("No bounded attack finished, so robust accuracy cannot be compared.")
+    for norm, nv in v["norms"].items():
+        head, accs = nv["headline_eps"], nv["robust_acc"]
+        intro = _norm_intro(norm, nv)
+        if len(accs) < 2:
+            paras.append(
+                intro + " Only one model has results under this norm, so there is nothing to compare."
+            )
+            continue
+        if not any(e > EPS_TOL for e in nv["eps"]):
+            paras.append(
+                intro + " Only eps 0 was evaluated, which equals clean accuracy: no robustness comparison."
+            )
+            continue
+        pairs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        ranked = [m for m in accs if head is not None and head in accs[m]]
+        best = max(ranked, key=lambda m: accs[m][head]) if ranked else None
+        for c in _focus(nv["comparisons"], best, len(accs)):
+            pairs.setdefault((c["model_a"], c["model_b"]), []).append(c)
+        parts = [intro]
+        if len(accs) > 2 and best is not None:
+            parts.append(
+                f"With {len(accs)} models, the most robust at {eps_label(head)} ({best}) is compared "
+                "with each other one."
+            )
+        for (a, b), cs in pairs.items():
+            hc = next((c for c in cs if head is not None and abs(c["eps"] - head) <= EPS_TOL), cs[-1])
+            if hc["significant"]:
+                worse = b if hc["better"] == a else a
+                parts.append(
+                    f"At {eps_label(hc['eps'])}, {hc['better']} is more robust than {worse} by "
+                    f"{abs(hc['diff']) * 100:.1f} pp ({a} minus {b}: {_pp(hc['diff'])} pp, {_ci(hc)})."
+                )
+            else:
+                parts.append(
+                    f"At {eps_label(hc['eps'])}, no significant difference between {a} and {b} after Holm "
+                    f"correction ({_pp(hc['diff'])} pp, {_ci(hc)})."
+                )
+            clean = [c for c in v["clean_comparisons"] if (c["model_a"], c["model_b"]) == (a, b)]
+            survive = [f"{_where(c)} ({c['better']})" for c in clean + cs if c["significant"]]
+            fail = [_where(c) for c in clean + cs if not c["significant"]]
+            if len(accs) == 2:  # with more models the per-eps detail is in the tables and verdict.json
+                parts.append(
+                    f"Holm correction over this pair's {cs[0].get('family', len(cs))} tests (clean accuracy "
+                    "and every budget): differences that survive: "
+                    + (", ".join(survive) or "none")
+                    + "; that do not: "
+                    + (", ".join(fail) or "none")
+                    + "."
+                )
+        paras.append(" ".join(parts))
+    paras += unbounded_text(v, _focus)
+    if len(models) >= 2 and v["clean"] and v["norms"]:
+        paras.append(
+            "Robust accuracy counts clean mistakes as failures, so at small eps a gap partly repeats the "
+            "clean-accuracy gap; the accuracy among clean-correct images (tables, curves) separates the two."
+        )
+    return "\n\n".join(paras)
