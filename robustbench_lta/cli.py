@@ -46,6 +46,7 @@ def models_cmd(pattern: str) -> None:
     """List registered models (optionally matching PATTERN, e.g. 'vgg16_att*')."""
     import torch
 
+    from .models.compute import registry_gmacs
     from .models.registry import create_model, list_models, model_info
 
     names = list_models(pattern)
@@ -57,10 +58,14 @@ def models_cmd(pattern: str) -> None:
         with torch.device("meta"):  # count parameters without allocating weights
             model = create_model(name, num_classes=10)
         params = sum(p.numel() for p in model.parameters())
+        try:  # measured on the meta device, cached (models/compute.py)
+            gmacs = f"{registry_gmacs(name):.3g}"
+        except Exception:  # a user model that cannot run on the meta device at 3x32x32
+            gmacs = "?"
         rows.append([name, info.family, info.attention_levels or "-", info.compatibility or "-",
-                     info.head or "-", f"{params / 1e6:.2f}M"])
-    _echo_table(f"{len(names)} models", ["name", "family", "attention levels", "compatibility", "head",
-                                         "params (10 classes)"], rows)
+                     info.head or "-", f"{params / 1e6:.2f}M", gmacs])
+    _echo_table(f"{len(names)} models (params for 10 classes; GMACs per 3x32x32 image)",
+                ["name", "family", "attention levels", "compatibility", "head", "params", "GMACs"], rows)
 
 
 # --------------------------------------------------------------------------------------- data
