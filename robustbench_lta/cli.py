@@ -91,7 +91,9 @@ def data_cmd(root: str | None) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config key (repeatable), e.g. --set epochs=5 --set model.width=0.5")
 @click.option("--out", default=None, help="Output folder (default from the config, else runs/<model>).")
-def train_cmd(config: str, overrides: tuple[str, ...], out: str | None) -> None:
+@click.option("--seeds", default=None, metavar="0,1,2",
+              help="Train one run per seed into OUT/seed<S> (a model family; overrides `seeds:`).")
+def train_cmd(config: str, overrides: tuple[str, ...], out: str | None, seeds: str | None) -> None:
     """Train a model from a YAML CONFIG (see configs/train/)."""
     from .config import TrainConfig, load_config
     from .training.trainer import train
@@ -99,6 +101,18 @@ def train_cmd(config: str, overrides: tuple[str, ...], out: str | None) -> None:
     cfg = load_config(TrainConfig, config, overrides)
     if out:
         cfg.out = out
+    if seeds is not None:
+        try:
+            cfg.seeds = [int(s) for s in seeds.replace(" ", "").split(",") if s != ""] or None
+        except ValueError:
+            raise UserError(f"--seeds {seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
+    if cfg.seeds:
+        from .training.family import train_family
+
+        fam = train_family(cfg)
+        accs = ", ".join(f"seed {s}: {a:.2%}" for s, a in zip(fam.seeds, fam.best_accs, strict=True))
+        click.echo(f"family {fam.name} ({len(fam.seeds)} seeds) in {fam.out_dir}: best test accuracy {accs}")
+        return
     result = train(cfg)
     click.echo(f"best test accuracy {result.best_acc:.2%}; checkpoint {result.best_path}")
 
@@ -194,6 +208,10 @@ def sweep_cmd(config: str | None, models: tuple[str, ...], attacks: tuple[str, .
     apply_overrides(raw, overrides)
     if not raw.get("models"):
         raise UserError("no models given: pass --model CHECKPOINT_OR_NAME or a config with `models:`")
+    if isinstance(raw["models"], list):  # a family folder -> one model per seed run, NAME@seed<S>
+        from .training.family import expand_model_specs
+
+        raw["models"] = expand_model_specs(raw["models"])
     if not raw.get("attacks"):
         raise UserError("no attacks given: pass --attack NAME (see `robustbench-lta attacks`)")
     cfg = validate(SweepConfig, raw, config or "sweep options")

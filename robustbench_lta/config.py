@@ -58,6 +58,12 @@ class TrainConfig(_Strict):
     lr_gamma: float = Field(0.5, gt=0, le=1)
     warmup_epochs: int = Field(0, ge=0)
     seed: int = 0
+    seeds: list[int] | None = Field(
+        None, min_length=1, description="train one run per seed into <out>/seed<S> (a model family); "
+        "overrides `seed`; see training/family.py"
+    )
+    family: str | None = Field(None, description="family name written into each seed run's card "
+                               "(set by training/family.py; default: the out folder's name)")
     device: str = "auto"
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     channels_last: bool = True

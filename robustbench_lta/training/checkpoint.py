@@ -270,6 +270,9 @@ def build_card(model: nn.Module, card: dict[str, Any] | None = None) -> dict[str
     if "gmacs" not in model_section:
         model_section["gmacs"], model_section["gmacs_input_size"] = _card_gmacs(str(name), kwargs, out)
     out["model"] = model_section
+    family = (out.get("training") or {}).get("family") if isinstance(out.get("training"), dict) else None
+    if family:  # a seed run of a model family (training/family.py)
+        out.setdefault("family", {"name": str(family), "seed": out.get("seed")})
     norm = dict(out.get("normalization") or {})
     for key in ("mean", "std"):
         buf = getattr(model, key, None)
