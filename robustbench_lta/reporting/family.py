@@ -4,8 +4,9 @@ Models labelled ``NAME@seed<S>`` (a family folder given to ``sweep``, see traini
 grouped by ``NAME``. For every bounded attack and the per-norm worst case this section gives, per
 family and eps, the mean robust accuracy over seeds, the seed standard deviation and range, and an
 interval from a two-level bootstrap (resample seeds, then samples: analysis/bootstrap.py) built from
-the per-sample records; and the difference of every family against the first family without
-attention (the baseline), with the same kind of interval (samples paired, seeds independent).
+the per-sample records; and the difference of every family against a baseline family (the
+compute-matched one when present), with the same kind of interval (samples paired, seeds
+independent).
 
 Hook for the report (reporting/pdf.py): after the curves section,
 ``family_section(sink, bundle, palette, title)``; it adds nothing when no model belongs to a family.
@@ -92,17 +93,21 @@ def family_curves(bundle: ResultsBundle) -> pd.DataFrame:
                                        "max", "per_seed"])
 
 
-def family_intervals(bundle: ResultsBundle, replicates: int = 1000) -> pd.DataFrame:
+def family_intervals(bundle: ResultsBundle, replicates: int = 1000, baseline: str | None = None
+                     ) -> pd.DataFrame:
     """Two-level bootstrap intervals per family/attack/eps, and each family minus the baseline family.
 
-    The baseline is the first family (alphabetically) whose models have no attention; without one,
-    no differences are given.
+    ``baseline`` names the family the others are compared with; by default the first family without
+    attention whose name contains "matched" (the compute-matched baseline), else the first family
+    without attention; without one, no differences are given.
     """
     fams = families(bundle.models)
     rows: list[dict[str, Any]] = []
     if not fams:
         return pd.DataFrame(rows)
-    base = next((f for f, mem in fams.items() if not any(bundle.has_attention.get(m) for _, m in mem)), None)
+    plain = [f for f, mem in fams.items() if not any(bundle.has_attention.get(m) for _, m in mem)]
+    base = baseline if baseline in fams else next((f for f in plain if "matched" in f),
+                                                   plain[0] if plain else None)
     for norm in sorted(set(bundle.summary["norm"].astype(str))):
         grid = eps_grid(bundle.summary, norm)
         for attack in [*norm_attacks(bundle.summary, norm), WORST_CASE]:
