@@ -82,6 +82,7 @@ def models_cmd(pattern: str, plugin_paths: tuple[str, ...]) -> None:
     """List registered models (optionally matching PATTERN, e.g. 'vgg16_att*')."""
     import torch
 
+    from .models.compute import registry_gmacs
     from .models.registry import create_model, list_models, model_info
 
     _load_plugins(plugin_paths)
@@ -98,10 +99,15 @@ def models_cmd(pattern: str, plugin_paths: tuple[str, ...]) -> None:
             params = f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M"
         except Exception:  # a user's builder that cannot run on the meta device: still list it
             params = "?"
+        try:  # measured on the meta device, cached (models/compute.py)
+            gmacs = f"{registry_gmacs(name):.3g}"
+        except Exception:  # a user model that cannot run on the meta device at 3x32x32
+            gmacs = "?"
         rows.append([name, info.family, info.attention_levels or "-", info.compatibility or "-",
-                     info.head or "-", params, info.source])
-    _echo_table(f"{len(names)} models", ["name", "family", "attention levels", "compatibility", "head",
-                                         "params (10 classes)", "source"], rows)
+                     info.head or "-", params, gmacs, info.source])
+    _echo_table(f"{len(names)} models (params for 10 classes; GMACs per 3x32x32 image)",
+                ["name", "family", "attention levels", "compatibility", "head", "params", "GMACs", "source"],
+                rows)
 
 
 # --------------------------------------------------------------------------------------- data
@@ -133,9 +139,11 @@ def data_cmd(root: str | None, plugin_paths: tuple[str, ...]) -> None:
 @click.option("--out", default=None, help="Output folder (default from the config, else runs/<model>).")
 @click.option("--ddp", is_flag=True, help="Insist on data-parallel training: launch with "
               "torchrun --nproc-per-node N -m robustbench_lta train CONFIG (used there even without it).")
+@click.option("--seeds", default=None, metavar="0,1,2",
+              help="Train one run per seed into OUT/seed<S> (a model family; overrides `seeds:`).")
 @_PLUGINS_OPTION
 @_THREADS_OPTION
-def train_cmd(config: str, overrides: tuple[str, ...], out: str | None, ddp: bool,
+def train_cmd(config: str, overrides: tuple[str, ...], out: str | None, ddp: bool, seeds: str | None,
               plugin_paths: tuple[str, ...], threads: int | None) -> None:
     """Train a model from a YAML CONFIG (see configs/train/ and docs/config.md)."""
     from .config import TrainConfig, apply_threads, check_device_available, load_config
@@ -154,6 +162,19 @@ def train_cmd(config: str, overrides: tuple[str, ...], out: str | None, ddp: boo
     if cfg.out:
         check_out_folder(cfg.out, "--out")
         WRITING.append(str(cfg.out))
+    if seeds is not None:
+        try:
+            cfg.seeds = [int(s) for s in seeds.replace(" ", "").split(",") if s != ""] or None
+        except ValueError:
+            raise UserError(f"--seeds {seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
+    if cfg.seeds:
+        from .training.family import train_family
+
+        fam = train_family(cfg)
+        accs = ", ".join(f"seed {s}: {a:.2%}" for s, a in zip(fam.seeds, fam.best_accs, strict=True))
+        click.echo(f"family {fam.name} ({len(fam.seeds)} seeds) in {fam.out_dir}: chosen-epoch test accuracy "
+                   f"{accs}")
+        return
     ctx = distributed.init_from_env(cfg.device, required=ddp)
     ok = False
     try:
@@ -325,6 +346,10 @@ def sweep_cmd(config: str | None, models: tuple[str, ...], archs: tuple[str, ...
     apply_overrides(raw, overrides)
     if not raw.get("models"):
         raise UserError("no models given: pass --model CHECKPOINT_OR_NAME or a config with `models:`")
+    if isinstance(raw["models"], list):  # a family folder -> one model per seed run, NAME@seed<S>
+        from .training.family import expand_model_specs
+
+        raw["models"] = expand_model_specs(raw["models"])
     if not raw.get("attacks"):
         raise UserError("no attacks given: pass --attack NAME (see `robustbench-lta attacks`)")
     cfg = validate(SweepConfig, raw, config or "sweep options")

@@ -95,6 +95,12 @@ class TrainConfig(_Strict):
     lr_gamma: float = Field(0.5, gt=0, le=1, description="the step decay factor of the learning rate")
     warmup_epochs: int = Field(0, ge=0, description="linear learning-rate warm-up over this many epochs")
     seed: int = Field(0, description="seeds initialisation, batch order and augmentation")
+    seeds: list[int] | None = Field(
+        None, min_length=1, description="train one run per seed into <out>/seed<S> (a model family); "
+        "overrides `seed`; see training/family.py"
+    )
+    family: str | None = Field(None, description="family name written into each seed run's card "
+                               "(set by training/family.py; default: the out folder's name)")
     device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     amp: Literal["auto", "bf16", "fp16", "off"] = Field(
         "auto", description="mixed precision on CUDA (auto: bf16 where supported, else fp16); CPU: float32"

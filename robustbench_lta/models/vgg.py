@@ -20,6 +20,18 @@ VGG-att2 / VGG-att3: att3 uses conv7+conv10+conv13, att2 conv10+conv13, att1 con
 Compatibility ``dp``/``pc`` and heads ``concat``/``indep`` are described in
 :mod:`robustbench_lta.models.attention`.
 
+Compute-matched baselines (no attention, the attention models' pooling layout, so the same 32x32 /
+16x16 / 8x8 resolutions and GMACs within 10 % of ``vgg16_att2_*`` / ``vgg16_att3_*``; plain
+``vgg16`` costs ~12x less at 32x32 because it pools early):
+
+* ``vgg16_matched``: the official LTPA code's ``attention=False`` path: the same trunk, ``block6``
+  and ``dense`` layer, and a linear classifier on the global feature ``g``. Pairs with every
+  ``vgg16_att*``.
+* ``vgg16_matched_att{2,3}_gap``: the attention replaced by uniform attention, i.e. a global
+  average pool of each of the att2 / att3 local maps (conv7 projected to 512 as in att3), the
+  pooled vectors concatenated into one linear classifier: the ``concat`` head with ``a_i = 1/HW``.
+  ``g`` is not needed and not built.
+
 All max-pools use ``ceil_mode=True`` (identical to floor at 32x32) and the map is average-pooled to
 1x1 before the dense/classifier layer if it is larger, so other input sizes work too.
 ``width`` scales every channel count (``max(4, round(c * width))``).
@@ -178,6 +190,70 @@ class AttnVGG16(ImageClassifier):
         return self.attention(locals_, g)
 
 
+class MatchedVGG16(ImageClassifier):
+    """VGG-16 trunk with the attention models' pooling layout and no attention (see module docstring).
+
+    Args:
+        num_classes: number of logits.
+        width: channel multiplier.
+        gap_levels: 0 for the ``g`` classifier (``vgg16_matched``); 2 or 3 for global-average-pooled
+            conv10+conv13 or conv7+conv10+conv13 (``vgg16_matched_att{2,3}_gap``).
+        mean, std: normalisation statistics of the [0,1] inputs.
+    """
+
+    attention_levels = 0
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        width: float = 1.0,
+        gap_levels: int = 0,
+        mean: Sequence[float] = CIFAR10_MEAN,
+        std: Sequence[float] = CIFAR10_STD,
+    ) -> None:
+        super().__init__(num_classes=num_classes, mean=mean, std=std)
+        if gap_levels not in (0, 2, 3):
+            raise ValueError(f"MatchedVGG16 supports gap_levels 0, 2 or 3, got {gap_levels}")
+        self.width = check_width(width)
+        self.gap_levels = int(gap_levels)
+        ch = partial(scale_channels, width=self.width)
+
+        def block(c_in: int, c_out: int, n: int) -> nn.Sequential:
+            return nn.Sequential(*[conv_bn_relu(c_in if i == 0 else c_out, c_out) for i in range(n)])
+
+        # the same layers, in the same order and resolutions, as AttnVGG16
+        self.block1 = block(self.in_channels, ch(64), 2)
+        self.block2 = block(ch(64), ch(128), 2)
+        self.block3 = block(ch(128), ch(256), 3)
+        self.block4 = block(ch(256), ch(512), 3)
+        self.block5 = block(ch(512), ch(512), 3)
+        self.pool = _pool()
+        dim = ch(512)
+        if self.gap_levels == 0:
+            self.block6 = nn.Sequential(conv_bn_relu(dim, dim), _pool(), conv_bn_relu(dim, dim), _pool())
+            self.dense = nn.Conv2d(dim, dim, kernel_size=1, bias=True)
+            self.classify = nn.Linear(dim, self.num_classes)
+        else:
+            local_channels = [ch(256), dim, dim][3 - self.gap_levels :]
+            self.projectors = nn.ModuleList(
+                ProjectorBlock(c, dim) if c != dim else nn.Identity() for c in local_channels
+            )
+            self.classify = nn.Linear(dim * self.gap_levels, self.num_classes)
+        _init_weights(self)
+
+    def forward_normalized(self, z: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        l1 = self.block3(self.block2(self.block1(z)))
+        l2 = self.block4(self.pool(l1))
+        l3 = self.block5(self.pool(l2))
+        if self.gap_levels == 0:
+            x = self.block6(self.pool(l3))
+            g = self.dense(F.adaptive_avg_pool2d(x, 1) if x.shape[-2:] != (1, 1) else x).flatten(1)
+            return self.classify(g), []
+        locals_ = [l1, l2, l3][3 - self.gap_levels :]
+        pooled = [_to_vector(proj(l)) for proj, l in zip(self.projectors, locals_, strict=True)]
+        return self.classify(torch.cat(pooled, dim=1)), []
+
+
 # ------------------------------------------------------------------------------------ registration
 @register_model(family="vgg")
 def vgg16(num_classes: int = 10, width: float = 1.0, **kw) -> VGG16:
@@ -193,3 +269,21 @@ register_attention_variants(
     title="VGG-16",
     module=__name__,
 )
+
+
+@register_model(family="vgg")
+def vgg16_matched(num_classes: int = 10, width: float = 1.0, **kw) -> MatchedVGG16:
+    """Compute-matched baseline of vgg16_att*: same trunk and resolutions, no attention (classifier on g)."""
+    return MatchedVGG16(num_classes=num_classes, width=width, gap_levels=0, **kw)
+
+
+@register_model(family="vgg")
+def vgg16_matched_att2_gap(num_classes: int = 10, width: float = 1.0, **kw) -> MatchedVGG16:
+    """Compute-matched baseline of vgg16_att2_concat_*: uniform (global-average) pooling of the same maps."""
+    return MatchedVGG16(num_classes=num_classes, width=width, gap_levels=2, **kw)
+
+
+@register_model(family="vgg")
+def vgg16_matched_att3_gap(num_classes: int = 10, width: float = 1.0, **kw) -> MatchedVGG16:
+    """Compute-matched baseline of vgg16_att3_concat_*: uniform (global-average) pooling of the same maps."""
+    return MatchedVGG16(num_classes=num_classes, width=width, gap_levels=3, **kw)

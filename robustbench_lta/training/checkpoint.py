@@ -233,6 +233,21 @@ def read_card(path: str | os.PathLike[str]) -> dict[str, Any]:
     return card
 
 
+def _card_gmacs(name: str, kwargs: dict[str, Any], card: dict[str, Any]) -> tuple[float | None, list[int]]:
+    """GMACs per image at the card's input size (registry model rebuilt on the meta device, cached);
+    None when it cannot be measured: the card is still written."""
+    from ..models.compute import DEFAULT_INPUT_SIZE, registry_gmacs
+
+    size = [int(v) for v in (card.get("input_size") or DEFAULT_INPUT_SIZE)]
+    extra = {k: v for k, v in kwargs.items() if k not in ("num_classes", "width")}
+    try:
+        gmacs = registry_gmacs(name, float(kwargs.get("width", 1.0)), size,
+                               int(kwargs.get("num_classes", 10)), extra)
+    except Exception:  # a user builder that cannot run on the meta device
+        return None, size
+    return round(gmacs, 6), size
+
+
 def build_card(model: nn.Module, card: dict[str, Any] | None = None) -> dict[str, Any]:
     """The card for ``model``: what the model itself knows, merged under the caller's ``card``.
 
@@ -260,7 +275,12 @@ def build_card(model: nn.Module, card: dict[str, Any] | None = None) -> dict[str
     origin = getattr(model, "registry_origin", None)
     if origin:
         model_section.setdefault("origin", _jsonable(dict(origin), "model.origin"))
+    if "gmacs" not in model_section:
+        model_section["gmacs"], model_section["gmacs_input_size"] = _card_gmacs(str(name), kwargs, out)
     out["model"] = model_section
+    family = (out.get("training") or {}).get("family") if isinstance(out.get("training"), dict) else None
+    if family:  # a seed run of a model family (training/family.py)
+        out.setdefault("family", {"name": str(family), "seed": out.get("seed")})
     norm = dict(out.get("normalization") or {})
     for key in ("mean", "std"):
         buf = getattr(model, key, None)
