@@ -31,7 +31,8 @@ def test_results_do_not_depend_on_the_shard_size(trained_checkpoints, tmp_path):
     pd.testing.assert_frame_equal(a.drop(columns=RUN_COLUMNS), b.drop(columns=RUN_COLUMNS))
     ta, tb = _tables(tmp_path / "a"), _tables(tmp_path / "b")
     for name in ta:
-        pd.testing.assert_frame_equal(ta[name], tb[name])
+        drop = [c for c in RUN_COLUMNS if c in ta[name].columns]
+        pd.testing.assert_frame_equal(ta[name].drop(columns=drop), tb[name].drop(columns=drop))
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert manifest["status"] == "finished" and manifest["counts"]["units_run"] == 2 * 3 * 4
     # resuming folder b with another shard size reuses every stored unit
@@ -100,7 +101,7 @@ def test_failed_cells_are_retried_and_a_weight_changing_plugin_is_invalid(traine
     first = run_sweep(models, attacks, [0.0, 4 / 255], **kw).set_index(["attack", "eps"])
     assert (first.loc["test-zero-weights", "status"] == "invalid").all()
     assert "changed the model" in first.loc["test-zero-weights", "message"].iloc[0]
-    assert (first.loc["test-flaky", "status"] == "failed").all()
+    assert first.loc[("test-flaky", 4 / 255), "status"] == "failed"  # eps 0 needs no attack call
     # the weights were restored: noise at eps 0 equals clean accuracy, later cells are ok
     noise = first.loc[("gaussian-noise", 0.0)]
     assert noise["status"] == "ok" and noise["robust_acc"] == pytest.approx(noise["clean_acc"])
