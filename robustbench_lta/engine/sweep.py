@@ -314,6 +314,12 @@ def run_sweep_config(cfg: SweepConfig, *, progress: bool = True, models: Mapping
     A caller's ``nn.Module`` is handed back as it was found (mode of every submodule,
     ``requires_grad``, memory format, device), also when the sweep raises or is interrupted.
     """
+    import torch
+
+    from ..config import apply_threads
+
+    # an explicit `threads` is applied; otherwise the caller's torch setting is kept and recorded
+    cfg.threads = apply_threads(cfg.threads) if cfg.threads else torch.get_num_threads()
     sweep = resolve(cfg, models=models, data=data, attack_instances=attack_instances, classes=classes)
     try:
         return execute(sweep, progress=progress)

@@ -29,7 +29,11 @@ def _worker_state(cfg_json: dict[str, Any]) -> dict[str, Any]:
 
     ident = hashlib.sha256(repr(sorted(cfg_json.items())).encode()).hexdigest()
     if _CACHE.get("ident") != ident:
+        from ...config import apply_threads
+
         cfg = SweepConfig.model_validate(cfg_json)
+        # as many threads as this task has CPUs: never every core of a shared node
+        apply_threads(max(1, int(cfg.ray_cpus_per_task)))
         _CACHE.clear()
         _CACHE.update(ident=ident, cfg=cfg, attacks={a.label: a for a in build_attack_plans(cfg)},
                       models={}, worker=None)
