@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("RBLTA_TEST_THREADS", "2")))  # 2: the CI machine
 
 TINY = {"width": 0.25}
 
