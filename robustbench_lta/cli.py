@@ -364,8 +364,28 @@ def sweep_cmd(config: str | None, models: tuple[str, ...], archs: tuple[str, ...
     if (out_dir / "published.csv").is_file():  # zoo models: the publisher's numbers beside ours
         _print_published(out_dir / "published.csv")
     click.echo(f"results in {out_dir}")
+    _selection_notes(out_dir)
     _warn_sanity(summary)
     raise_if_cells_not_ok(summary)
+
+
+def _selection_notes(out_dir: Path) -> None:
+    """One line per model whose checkpoint may have been chosen on the data just evaluated."""
+    import json
+
+    from .training.selection import selection_note
+
+    try:
+        models = json.loads((out_dir / "manifest.json").read_text()).get("models") or {}
+    except (OSError, ValueError):
+        return
+    for label, info in sorted(models.items()):
+        card = (info or {}).get("card")
+        if str((card or {}).get("source", "")).startswith(("registry:", "module:")):
+            continue  # untrained or in-process: nothing was selected
+        note = selection_note(card, label, "test")
+        if note:
+            click.echo(f"note: {note}", err=True)
 
 
 def _warn_sanity(summary: Any) -> None:

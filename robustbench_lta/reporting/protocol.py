@@ -175,7 +175,9 @@ def model_cards(manifests: dict[str, dict[str, Any]], model_folder: dict[str, st
     for label, folder in model_folder.items():
         models = (manifests.get(folder) or {}).get("models") or {}
         info = models.get(label.split(" [")[0]) if isinstance(models, dict) else None
-        if isinstance(info, dict) and "registry" in (info.get("fingerprint") or {}):
+        card = info.get("card") if isinstance(info, dict) else None
+        if isinstance(info, dict) and ("registry" in (info.get("fingerprint") or {}) or str(
+                (card or {}).get("source", "")).startswith("registry:")):
             continue  # a registry architecture, not a checkpoint: nothing was selected
         out[label] = info.get("card") if isinstance(info, dict) else None
     return out

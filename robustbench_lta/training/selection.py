@@ -90,6 +90,8 @@ def selection_note(card: dict[str, Any] | None, label: str, evaluated_split: str
     section (older trainers chose ``best`` on the test split; outside models say nothing) and
     selection on the evaluated split each give a sentence saying so.
     """
+    if card and isinstance(card.get("details"), dict) and card["details"]:
+        card = card["details"]  # a resolved source's card wraps the project checkpoint's own card
     if not card:
         return (
             f"{label}: no model card, so how this checkpoint was chosen is unknown; if it was chosen on "
