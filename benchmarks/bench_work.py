@@ -54,7 +54,7 @@ def trained_model(cifar: Path) -> torch.nn.Module:
         TrainConfig,
         {
             "model": {"name": "smallcnn", "width": 1.0},
-            "data": {"name": f"imagefolder:{cifar}", "n_train": 10000, "n_test": 1000},
+            "data": {"name": f"imagefolder:{cifar}", "n_train": 5000, "n_test": 500},
             "epochs": 6,
             "batch_size": 64,
             "lr": 0.05,

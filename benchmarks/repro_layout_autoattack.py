@@ -49,10 +49,10 @@ def main() -> None:
     a, labels = data["x"], torch.from_numpy(data["y"]).long()
     x_all = torch.from_numpy(a).permute(0, 3, 1, 2).float() / 255  # the usual way: a permuted view
     model = cnn()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     xt, yt = x_all[64:].contiguous(), labels[64:]
     t0 = time.perf_counter()
-    for _epoch in range(15):
+    for _epoch in range(25):
         perm = torch.randperm(len(xt), generator=torch.Generator().manual_seed(_epoch))
         for i in range(0, len(xt), 64):
             b = perm[i : i + 64]

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UserError
-from ..results import BOUNDED_NORMS, EPS_TOL, WORST_CASE, safe_name  # noqa: F401  (one schema)
+from ..results import BOUNDED_NORMS, EPS_TOL, WORST_CASE, broken_at_eps, safe_name  # noqa: F401  (one schema)
 
 NORM_NAMES = {"linf": "L-inf", "l2": "L2", "l0": "L0"}  # how norms are named on pages
 
@@ -311,18 +311,9 @@ def worst_case_per_sample(
     s = s[keep]
     if s.empty:
         return None
-    first = s.drop_duplicates("index").set_index("index").sort_index()
-    index = first.index.to_numpy()
-    pos = pd.Series(np.arange(len(index)), index=index)
-    correct = first["clean_pred"].to_numpy() == first["label"].to_numpy()
-    broken_at = np.full(len(index), np.inf)
-    hit = s[s["broken"].to_numpy(dtype=bool)]
-    if not hit.empty:
-        where = pos.loc[hit["index"].to_numpy()].to_numpy()
-        eps = hit["eps"].to_numpy(dtype=float)
-        at = np.where(np.isinf(eps), hit["norm"].to_numpy(dtype=float), eps)
-        np.minimum.at(broken_at, where, at)
-    out = pd.DataFrame({"label": first["label"].to_numpy()}, index=index)
+    index, label, clean_pred, broken_at = broken_at_eps(s)  # the one worst-case rule (results.py)
+    correct = clean_pred == label
+    out = pd.DataFrame({"label": label}, index=index)
     for e in grid:
         out[e] = correct & ~(broken_at <= e + EPS_TOL)
     return out
