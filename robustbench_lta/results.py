@@ -176,7 +176,6 @@ def worst_case_rows(summary: pd.DataFrame, samples: pd.DataFrame) -> list[dict[s
         grid = sorted(set(bounded["eps"].tolist()))
         if not grid:
             continue
-        attacks = sorted(set(cells["attack"]))
         ok_pairs = cells[["attack", "eps"]].drop_duplicates()
         s = samples[samples["model"] == model].merge(ok_pairs, on=["attack", "eps"], how="inner")
         if s.empty:
@@ -185,7 +184,10 @@ def worst_case_rows(summary: pd.DataFrame, samples: pd.DataFrame) -> list[dict[s
         correct = clean_pred == label
         seconds_by_eps = bounded.groupby("eps")[["seconds", "forward", "backward"]].sum()
         dataset = str(cells["dataset"].iloc[0])
+        unbounded = sorted(set(cells[~np.isfinite(cells["eps"])]["attack"]))
         for eps in grid:
+            # name exactly the attacks this row was taken over (an attack failed at eps is not one)
+            names = sorted(set(bounded[bounded["eps"] <= eps + EPS_TOL]["attack"]) | set(unbounded))
             broken = broken_at <= eps + EPS_TOL
             adv_pred = np.where(broken, -1, label)  # only "broken or not" matters below
             adv_pred = np.where(~correct, clean_pred, adv_pred)
@@ -194,7 +196,7 @@ def worst_case_rows(summary: pd.DataFrame, samples: pd.DataFrame) -> list[dict[s
                 model=model, dataset=dataset, attack=WORST_CASE, norm=norm, eps=eps, label=label,
                 clean_pred=clean_pred, adv_pred=adv_pred, norms=None,
                 seconds=float(upto["seconds"].sum()), forward=int(upto["forward"].sum()),
-                backward=int(upto["backward"].sum()), message="min over " + ", ".join(attacks)))
+                backward=int(upto["backward"].sum()), message="min over " + ", ".join(names)))
     return rows
 
 

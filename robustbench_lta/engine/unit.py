@@ -186,6 +186,9 @@ def run_attack_unit(pm: PreparedModel, source: SampleSource, unit: Unit, setting
     def check_mode() -> None:
         if any(mod.training for mod in pm.model.modules()):
             pm.model.eval()
+            if any(mod.training for mod in pm.model.modules()):  # not the attack's doing
+                raise InvalidBatch("the model stays in train mode after eval() (an overridden train()/"
+                                   "eval()): its predictions change from call to call; fix the model")
             raise InvalidBatch("the attack left the model in train mode (batch-norm statistics and "
                                "dropout change the predictions)")
 
