@@ -1,8 +1,9 @@
 """The "any input layout" repro: AutoAttack on a permuted NHWC array, engine vs torchattacks.
 
 A small CIFAR-10 CNN is trained here, outside the project's trainer, on ``mini.npz`` from
-``../shared`` (images 64..999); the first 64 images are read as a numpy (N, H, W, C) array and made
-NCHW the usual way (``torch.from_numpy(a).permute(0, 3, 1, 2).float() / 255``, not contiguous).
+``../shared`` (all but 64 images); the other 64 images are read as a numpy (N, H, W, C) array and made
+NCHW the usual way (``torch.from_numpy(a).permute(0, 3, 1, 2).float() / 255``, not contiguous);
+images are shuffled with seed 0 first, since ``mini.npz`` is sorted by class.
 ``run_sweep`` with the reference ``autoattack`` and torchattacks' port ``ta:AutoAttack`` at 1/255
 and 2/255 on that permuted tensor is compared with ``torchattacks.AutoAttack`` called directly on
 the contiguous copy.
@@ -47,6 +48,8 @@ def main() -> None:
         raise SystemExit("error: ../shared/data/cifar10-jpeg not found")
     data = np.load(shared / "mini.npz")
     a, labels = data["x"], torch.from_numpy(data["y"]).long()
+    order = torch.from_numpy(np.random.default_rng(0).permutation(len(a)))  # mini.npz is sorted by class
+    a, labels = a[order.numpy()], labels[order]
     x_all = torch.from_numpy(a).permute(0, 3, 1, 2).float() / 255  # the usual way: a permuted view
     model = cnn()
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
