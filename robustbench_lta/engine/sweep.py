@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -53,6 +54,7 @@ class Sweep:
     device: torch.device
     out: Path
     user_modules: list[tuple[nn.Module, ModuleState]] = field(default_factory=list)
+    gmacs: dict[str, float | None] = field(default_factory=dict)  # per model, at the data's image size
 
     @property
     def unit_settings(self) -> UnitSettings:
@@ -174,12 +176,24 @@ def resolve(cfg: SweepConfig, *, models: Mapping[str, Any] | None = None, data: 
         raise
     cells = plan_cells([(lm.label, lm.fingerprint) for lm in loaded], source.fingerprint, attacks, cfg.seed,
                        cfg.accounting)
+    gmacs = {lm.label: _gmacs(lm, source) for lm in loaded}
     out = Path(cfg.out) if cfg.out else None
     if out is None:
         import tempfile
 
         out = Path(tempfile.mkdtemp(prefix="robustbench-lta-"))
-    return Sweep(cfg, loaded, source, attacks, cells, device, out, user_modules)
+    return Sweep(cfg, loaded, source, attacks, cells, device, out, user_modules, gmacs)
+
+
+def _gmacs(lm: LoadedModel, source: SampleSource) -> float | None:
+    """Compute per image at the data's size (the report warns when compared models differ > 2x)."""
+    from ..models.compute import model_gmacs
+
+    try:
+        _pos, x, _y = next(source.batches(np.arange(1), 1, torch.device("cpu")))
+        return round(float(model_gmacs(lm.module, tuple(x.shape[1:]))), 6)
+    except Exception:  # a model the FLOP counter cannot trace: shown as unknown, never fatal
+        return None
 
 
 # ------------------------------------------------------------------------------------ running
@@ -235,7 +249,8 @@ def _manifest(sweep: Sweep, started: str, status: str, summary: pd.DataFrame | N
         "started": started,
         "finished": _now() if status == "finished" else None,
         "models": {lm.label: {"source": lm.source, "fingerprint": lm.fingerprint, "sha256": lm.sha256,
-                              "card": lm.card, "has_attention": lm.has_attention} for lm in sweep.models},
+                              "card": lm.card, "has_attention": lm.has_attention,
+                              "gmacs": sweep.gmacs.get(lm.label)} for lm in sweep.models},
         "dataset": {"name": sweep.source.name, "n": sweep.source.n, "classes": sweep.source.classes,
                     "has_boxes": sweep.source.boxes is not None, "fingerprint": sweep.source.fingerprint},
         "attacks": {a.label: {"name": a.name, "params": a.params, "norm": a.norm, "bounded": a.bounded,

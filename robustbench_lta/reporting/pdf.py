@@ -24,7 +24,9 @@ import yaml
 from ..errors import UserError
 from ..training.selection import selection_summary
 from .attention_figures import drift_table
+from .compute import compute_lines, compute_warning
 from .curves import curves_table, per_class_page, per_class_views, robustness_curve_pages
+from .family import family_section
 from .load import WORST_CASE, ResultsBundle, eps_label, load_results, model_palette
 from .pages import PageSink, report_style
 from .protocol import model_cards, selection_notes, strong_attack_config
@@ -84,7 +86,8 @@ def _attack_lines(bundle: ResultsBundle) -> list[str]:
 def _summary_text(bundle: ResultsBundle, verdict: dict[str, Any], warnings: list[str]) -> str:
     s = bundle.summary
     cards = model_cards(bundle.manifests, bundle.model_folder)
-    caveats = verdict.get("caveats", []) + selection_notes(cards)
+    compute = compute_warning(bundle)  # compared models differing > 2x in compute
+    caveats = verdict.get("caveats", []) + selection_notes(cards) + ([compute] if compute else [])
     parts: list[str] = ["READ FIRST", *[f"  - {c}" for c in caveats], ""] if caveats else []
     parts += ["VERDICT", verdict_text(verdict, caveats=False), "", "WHAT WAS COMPARED"]
     for m in bundle.models:
@@ -97,6 +100,7 @@ def _summary_text(bundle: ResultsBundle, verdict: dict[str, Any], warnings: list
         parts.append(
             f"  {m}: {att}; {len(d)} result rows; folder {bundle.model_folder.get(m, '?')}{src}{sel}"
         )
+    parts.extend(compute_lines(bundle))
     parts.append("Attacks:")
     parts.extend(_attack_lines(bundle))
     for label, man in bundle.manifests.items():
@@ -266,6 +270,8 @@ def _render(
                 "No bounded attack has results, so there are no curves. Unbounded "
                 "attacks are summarised in the Tables section.",
             )
+
+        family_section(sink, bundle, palette, "Seed families")  # only when labels are NAME@seedS
 
         # 3. Tables
         section(2)
