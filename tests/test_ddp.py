@@ -164,7 +164,7 @@ def test_torchrun_cli(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("best test accuracy") == 1, proc.stdout  # rank 0 alone reports
+    assert proc.stdout.count("test accuracy") == 1, proc.stdout  # rank 0 alone reports
     assert "DDP x2 (gloo)" in proc.stdout
     assert (tmp_path / "run" / "last.safetensors").is_file()
     load_model(tmp_path / "run" / "last.safetensors")

@@ -27,6 +27,7 @@ train longer). Ctrl-C stops training; ``last`` always holds a complete, loadable
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -592,8 +593,11 @@ def _test_chosen_epoch(
 ) -> dict[str, Any]:
     """Measure the test split once, on ``best``, and write it into best's card (and last's if the same)."""
     card = json.loads((out_dir / "best.json").read_text())
-    model.load_state_dict(load_tensors(out_dir / "best.safetensors", device=test_data.device), strict=True)
-    acc = evaluate(model, test_data, batch_size, channels_last)
+    # on a copy: the trained model (and, under DDP, every rank's) keeps the last epoch's weights
+    chosen = copy.deepcopy(model)
+    chosen.load_state_dict(load_tensors(out_dir / "best.safetensors", device=test_data.device), strict=True)
+    acc = evaluate(chosen, test_data, batch_size, channels_last)
+    del chosen
     times = int(tested.get("times", 0)) + 1
     measured = {"epoch": best_epoch, "acc": acc, "times": times}
     card["clean_test_accuracy"] = acc
