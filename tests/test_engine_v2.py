@@ -28,17 +28,21 @@ def test_results_do_not_depend_on_the_shard_size(trained_checkpoints, tmp_path):
     models = {k: str(v) for k, v in trained_checkpoints.items()}
     a = run_sweep(models, DETERMINISTIC, EPS, n=64, batch_size=16, out=tmp_path / "a", shard_size=1000, **KW)
     b = run_sweep(models, DETERMINISTIC, EPS, n=64, batch_size=16, out=tmp_path / "b", shard_size=16, **KW)
-    pd.testing.assert_frame_equal(a.drop(columns=RUN_COLUMNS), b.drop(columns=RUN_COLUMNS))
+    # norms and drift are float32 arithmetic over batches of other shapes: equal to rounding
+    pd.testing.assert_frame_equal(a.drop(columns=RUN_COLUMNS), b.drop(columns=RUN_COLUMNS), check_exact=False,
+                                  atol=1e-5)
     ta, tb = _tables(tmp_path / "a"), _tables(tmp_path / "b")
     for name in ta:
         drop = [c for c in RUN_COLUMNS if c in ta[name].columns]
-        pd.testing.assert_frame_equal(ta[name].drop(columns=drop), tb[name].drop(columns=drop))
+        pd.testing.assert_frame_equal(ta[name].drop(columns=drop), tb[name].drop(columns=drop),
+                                      check_exact=False, atol=1e-5)
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert manifest["status"] == "finished" and manifest["counts"]["units_run"] == 2 * 3 * 4
     # resuming folder b with another shard size reuses every stored unit
     c = run_sweep(models, DETERMINISTIC, EPS, n=64, batch_size=16, out=tmp_path / "b", shard_size=24, **KW)
     assert c.attrs["counts"]["units_run"] == 0
     pd.testing.assert_frame_equal(c.drop(columns=RUN_COLUMNS), b.drop(columns=RUN_COLUMNS))
+    assert (a["status"] == "ok").all()
 
 
 def test_cell_keys_are_content_not_paths(trained_checkpoints, tmp_path):
