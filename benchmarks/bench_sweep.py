@@ -57,7 +57,7 @@ from torch import nn
 
 from robustbench_lta.config import TrainConfig, validate
 from robustbench_lta.data.registry import ImageDataset, load_dataset
-from robustbench_lta.engine.sweep import run_sweep
+from robustbench_lta.engine.api import run_sweep
 from robustbench_lta.models.registry import create_model
 from robustbench_lta.plugins.registry import get_attack
 from robustbench_lta.training.checkpoint import load_model, read_card

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from robustbench_lta.engine.executors.worker import Worker
-from robustbench_lta.engine.sweep import run_sweep
+from robustbench_lta.engine.api import run_sweep
 from robustbench_lta.errors import UserError
 from robustbench_lta.results import SAMPLE_COLUMNS, SUMMARY_COLUMNS
 
@@ -73,7 +73,7 @@ def test_accuracy_numbers_are_consistent(small_sweep):
     # eps 0 equals clean accuracy; clean accuracy well above chance for the trained models
     zero = ok[ok["eps"] == 0]
     assert np.allclose(zero["robust_acc"], zero["clean_acc"])
-    assert (ok["clean_acc"] > 0.4).all()
+    assert (ok["clean_acc"] > 0.3).all()  # chance is 0.1
     for model, part in ok.groupby("model"):
         pgd = part[part["attack"] == "pgd-linf"].set_index("eps")["robust_acc"]
         fgsm = part[part["attack"] == "fgsm"].set_index("eps")["robust_acc"]

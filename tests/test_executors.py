@@ -55,7 +55,9 @@ def _same(a: Path, b: Path) -> None:
     for name in ("summary", "samples", "sanity", "attention"):
         x, y = pd.read_parquet(a / f"{name}.parquet"), pd.read_parquet(b / f"{name}.parquet")
         drop = [c for c in ("seconds",) if c in x.columns]
-        pd.testing.assert_frame_equal(x.drop(columns=drop), y.drop(columns=drop), obj=name)
+        # float32 drift and norms may differ in the last bits (threads per process): equal to rounding
+        pd.testing.assert_frame_equal(x.drop(columns=drop), y.drop(columns=drop), obj=name, check_exact=False,
+                                      atol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +71,8 @@ def ray_local():
 def test_ray_executor_matches_local_with_four_units_per_cell(trained_checkpoints, tmp_path, ray_local):
     local = run_with_executor(_cfg(trained_checkpoints, tmp_path / "local", "local"), progress=False)
     on_ray = run_with_executor(_cfg(trained_checkpoints, tmp_path / "ray", "ray"), progress=False)
-    pd.testing.assert_frame_equal(on_ray.drop(columns=["seconds"]), local.drop(columns=["seconds"]))
+    pd.testing.assert_frame_equal(on_ray.drop(columns=["seconds"]), local.drop(columns=["seconds"]),
+                                  check_exact=False, atol=1e-5)
     _same(tmp_path / "ray", tmp_path / "local")
     manifest = json.loads((tmp_path / "ray" / "manifest.json").read_text())
     assert manifest["status"] == "finished"

@@ -167,7 +167,7 @@ def test_a_model_left_in_train_mode_is_evaluated_in_eval_mode(base, data, tmp_pa
     ref, _ = _sweep(WithDropout(load_model(base)).eval(), data, tmp_path / "eval", attacks=("fgsm",))
     model = WithDropout(load_model(base)).train()
     got, sanity = _sweep(model, data, tmp_path / "train", attacks=("fgsm",))
-    assert not model.training  # the engine put the caller's module in eval mode
+    assert model.training  # evaluated in eval mode, then handed back as it was found (train mode)
     assert _status(sanity, "deterministic") == "pass"
     cols = ["attack", "eps", "clean_acc", "robust_acc", "status"]
     pd.testing.assert_frame_equal(ref[cols].reset_index(drop=True), got[cols].reset_index(drop=True))

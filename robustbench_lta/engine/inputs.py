@@ -11,16 +11,20 @@ every batch a model or plugin sees is float32, NCHW, contiguous, in [0,1], on th
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
-from ..data.registry import ImageDataset
+from ..config import DataSpec, SweepConfig
+from ..data.registry import ImageDataset, load_dataset
 from ..errors import UserError
+from .models import LoadedModel, card_data_spec
 
 _FINGERPRINT_PROBES = 8  # images hashed from a lazy dataset (first, last and evenly between)
 
@@ -199,3 +203,70 @@ def _collect_iterable(loader: DataLoader, n: int | None, classes: Sequence[str] 
         raise UserError("the dataset given to run_sweep is empty")
     names = classes or getattr(loader.dataset, "classes", None)
     return from_tensors(torch.cat(xs), torch.cat(ys), n, names, name=type(loader.dataset).__name__)
+
+
+# ---------------------------------------------------------------------------------- from a sweep config
+def _data_fingerprint_base(spec: DataSpec) -> dict[str, Any]:
+    """The content-relevant part of a dataset spec: never its location on disk."""
+    name = spec.name.split(":", 1)[0] if ":" in spec.name else spec.name
+    return {"name": name, "kwargs": spec.kwargs, "split": "test"}
+
+
+def _output_width(module: nn.Module, x: torch.Tensor) -> int:
+    module.eval()
+    with torch.inference_mode():
+        return int(module(x.float()).shape[1])
+
+
+def _check_cards(models: list[LoadedModel], classes: Sequence[str], size: tuple[int, int], data: str,
+                 resized: bool) -> None:
+    """Class names and input size against each model's card: a mismatch names both sides."""
+    from ..sources import check_data_against_card
+
+    for lm in models:
+        if lm.card and "class_names" in lm.card:
+            check_data_against_card(classes, size, lm.card, model=lm.label, data=data, resized=resized)
+
+
+def resolve_source(cfg: SweepConfig, data: Any, models: list[LoadedModel],
+                   classes: Sequence[str] | None) -> SampleSource:
+    if data is None:
+        spec = cfg.data or card_data_spec(models[0].card)
+        if spec is None:
+            raise UserError("no dataset given and the first model's card names none: pass --data NAME")
+        kwargs = dict(spec.kwargs)
+        card_classes = (models[0].card or {}).get("class_names")
+        if spec.name.startswith("imagefolder:") and card_classes and "classes" not in kwargs:
+            kwargs["classes"] = card_classes  # a folder of some classes keeps the card's label indices
+        resized = bool(kwargs.get("resize") or kwargs.get("crop"))
+        if spec.name.startswith("imagefolder:"):  # on disk: decoded batch by batch, never all at once
+            from ..data.streaming import ImageFolderStream
+
+            keep = {k: v for k, v in kwargs.items() if k in ("order", "resize", "crop", "classes",
+                                                             "interpolation")}
+            stream = ImageFolderStream(spec.name.split(":", 1)[1], split="test", n=cfg.n, **keep)
+            _check_cards(models, stream.classes, stream.image_size, spec.name, resized)
+            source = from_dataset(stream, cfg.n, stream.classes)
+            source.num_workers = min(4, os.cpu_count() or 1)
+            source.name = stream.name
+            source.fingerprint = {**_data_fingerprint_base(spec), **source.fingerprint, "name": "imagefolder"}
+            return source
+        ds = load_dataset(spec.name, split="test", root=spec.root, download=spec.download, n=cfg.n, **kwargs)
+        _check_cards(models, ds.classes, ds.image_size, spec.name, resized)
+        return from_image_dataset(ds, cfg.n, _data_fingerprint_base(spec))
+    if isinstance(data, SampleSource):
+        return data
+    if isinstance(data, tuple | list) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+        x, y = data
+        if classes is None:
+            classes = [str(c) for c in range(_output_width(models[0].module, x[:1].cpu()))]
+        return from_tensors(x, y, cfg.n, classes)
+    if isinstance(data, torch.utils.data.DataLoader | torch.utils.data.Dataset):
+        source = from_dataset(data, cfg.n, classes)
+        if not source.classes:
+            first = source._dataset[0][0] if source._dataset is not None else None
+            width = _output_width(models[0].module, torch.as_tensor(first)[None]) if first is not None else 0
+            source.classes = [str(c) for c in range(width)]
+        return source
+    raise UserError(f"data must be a Dataset, a DataLoader or an (x, y) pair of tensors, "
+                    f"not {type(data).__name__}")

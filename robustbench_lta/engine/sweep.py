@@ -14,7 +14,6 @@ The path of one sweep (docs/architecture.md):
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -26,16 +25,15 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..config import DataSpec, SweepConfig, SweepModelSpec
-from ..data.registry import load_dataset
+from ..config import SweepConfig, SweepModelSpec
 from ..errors import UserError
 from ..plugins.base import Attack
 from ..results import FORMAT, SANITY_COLUMNS, TABLES
 from ..utils import device_description, git_commit, package_versions, resolve_device
 from .finish import CellUnits, assemble, check_compatible, not_ok_counts
-from .inputs import SampleSource, from_dataset, from_image_dataset, from_tensors
+from .inputs import SampleSource, resolve_source
 from .model_pass import ModelPassSettings, figure_attack
-from .models import LoadedModel, ModuleState, card_data_spec, load_sweep_model
+from .models import LoadedModel, ModuleState, load_sweep_model
 from .plan import AttackPlan, Cell, Unit, build_attack_plans, canonical, plan_cells, plan_units, select_stored
 from .sanity import AttackTraits
 from .store import ResultStore
@@ -82,72 +80,6 @@ class Sweep:
 
 
 # ------------------------------------------------------------------------------------ resolving
-def _data_fingerprint_base(spec: DataSpec) -> dict[str, Any]:
-    """The content-relevant part of a dataset spec: never its location on disk."""
-    name = spec.name.split(":", 1)[0] if ":" in spec.name else spec.name
-    return {"name": name, "kwargs": spec.kwargs, "split": "test"}
-
-
-def _output_width(module: nn.Module, x: torch.Tensor) -> int:
-    module.eval()
-    with torch.inference_mode():
-        return int(module(x.float()).shape[1])
-
-
-def _check_cards(models: list[LoadedModel], classes: Sequence[str], size: tuple[int, int], data: str,
-                 resized: bool) -> None:
-    """Class names and input size against each model's card: a mismatch names both sides."""
-    from ..sources import check_data_against_card
-
-    for lm in models:
-        if lm.card and "class_names" in lm.card:
-            check_data_against_card(classes, size, lm.card, model=lm.label, data=data, resized=resized)
-
-
-def resolve_source(cfg: SweepConfig, data: Any, models: list[LoadedModel],
-                   classes: Sequence[str] | None) -> SampleSource:
-    if data is None:
-        spec = cfg.data or card_data_spec(models[0].card)
-        if spec is None:
-            raise UserError("no dataset given and the first model's card names none: pass --data NAME")
-        kwargs = dict(spec.kwargs)
-        card_classes = (models[0].card or {}).get("class_names")
-        if spec.name.startswith("imagefolder:") and card_classes and "classes" not in kwargs:
-            kwargs["classes"] = card_classes  # a folder of some classes keeps the card's label indices
-        resized = bool(kwargs.get("resize") or kwargs.get("crop"))
-        if spec.name.startswith("imagefolder:"):  # on disk: decoded batch by batch, never all at once
-            from ..data.streaming import ImageFolderStream
-
-            keep = {k: v for k, v in kwargs.items() if k in ("order", "resize", "crop", "classes",
-                                                             "interpolation")}
-            stream = ImageFolderStream(spec.name.split(":", 1)[1], split="test", n=cfg.n, **keep)
-            _check_cards(models, stream.classes, stream.image_size, spec.name, resized)
-            source = from_dataset(stream, cfg.n, stream.classes)
-            source.num_workers = min(4, os.cpu_count() or 1)
-            source.name = stream.name
-            source.fingerprint = {**_data_fingerprint_base(spec), **source.fingerprint, "name": "imagefolder"}
-            return source
-        ds = load_dataset(spec.name, split="test", root=spec.root, download=spec.download, n=cfg.n, **kwargs)
-        _check_cards(models, ds.classes, ds.image_size, spec.name, resized)
-        return from_image_dataset(ds, cfg.n, _data_fingerprint_base(spec))
-    if isinstance(data, SampleSource):
-        return data
-    if isinstance(data, tuple | list) and len(data) == 2 and isinstance(data[0], torch.Tensor):
-        x, y = data
-        if classes is None:
-            classes = [str(c) for c in range(_output_width(models[0].module, x[:1].cpu()))]
-        return from_tensors(x, y, cfg.n, classes)
-    if isinstance(data, torch.utils.data.DataLoader | torch.utils.data.Dataset):
-        source = from_dataset(data, cfg.n, classes)
-        if not source.classes:
-            first = source._dataset[0][0] if source._dataset is not None else None
-            width = _output_width(models[0].module, torch.as_tensor(first)[None]) if first is not None else 0
-            source.classes = [str(c) for c in range(width)]
-        return source
-    raise UserError(f"data must be a Dataset, a DataLoader or an (x, y) pair of tensors, "
-                    f"not {type(data).__name__}")
-
-
 def resolve(cfg: SweepConfig, *, models: Mapping[str, Any] | None = None, data: Any = None,
             attack_instances: Mapping[str, Attack] | None = None, classes: Sequence[str] | None = None
             ) -> Sweep:
@@ -225,12 +157,6 @@ def pending_work(sweep: Sweep, store: ResultStore) -> Pending:
         if figure_due or not store.model_pass_path(lm.label, key).is_file():
             passes[lm.label] = key
     return Pending(units, passes, stored)
-
-
-def unit_meta(unit: Unit, eps_status: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"key": unit.cell.key, "cell": unit.cell.id, "model": unit.cell.model,
-            "attack": unit.cell.attack.label, "start": unit.start, "stop": unit.stop,
-            "eps_status": eps_status}
 
 
 def _manifest(sweep: Sweep, started: str, status: str, summary: pd.DataFrame | None = None,
@@ -341,14 +267,6 @@ def run_sweep_config(cfg: SweepConfig, *, progress: bool = True, models: Mapping
     finally:
         for module, state in sweep.user_modules:
             state.restore(module)
-
-
-def __getattr__(name: str) -> Any:  # the Python API moved to engine/api.py; old imports keep working
-    if name == "run_sweep":
-        from .api import run_sweep
-
-        return run_sweep
-    raise AttributeError(name)
 
 
 __all__ = ["run_sweep_config", "resolve", "execute", "Sweep", "LoadedModel", "SampleSource"]

@@ -61,6 +61,12 @@ class UnitResult:
             STATUS_FAILED if STATUS_FAILED in statuses else STATUS_OK)
 
 
+def unit_meta(unit: Unit, eps_status: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"key": unit.cell.key, "cell": unit.cell.id, "model": unit.cell.model,
+            "attack": unit.cell.attack.label, "start": unit.start, "stop": unit.stop,
+            "eps_status": eps_status}
+
+
 def one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"[:400]

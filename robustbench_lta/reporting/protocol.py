@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..results import EPS_TOL, WORST_CASE
 from ..training.selection import selection_note
-from .load import EPS_TOL, WORST_CASE
 
 STRONG_STEPS = 50
 STRONG_ATTACK = "autoattack"  # what the report tells users to add

@@ -197,7 +197,7 @@ def resolve_torchvision(name: str, *, num_classes: int | None = None, seed: int 
 
 # ------------------------------------------------------------------------------------------ hf-hub
 def resolve_hf_hub(spec: str, *, num_classes: int | None = None, seed: int = 0,
-                   download: bool = False) -> ResolvedModel:
+                   download: bool = False, load_checkpoint: Any = None) -> ResolvedModel:
     """A Hub repo (or a local folder laid out like one) holding safetensors weights and either a
     timm ``config.json`` (``architecture``, ``num_classes``, ``pretrained_cfg``) or a robustbench-lta
     model card ``model.json``. Repos with only pickled weights are refused."""
@@ -230,10 +230,9 @@ def resolve_hf_hub(spec: str, *, num_classes: int | None = None, seed: int = 0,
             raise UserError(f"hf-hub:{spec}: only pickled weights in {folder}: hf-hub sources are "
                             "safetensors only")
         raise UserError(f"hf-hub:{spec}: no model.safetensors in {folder}")
-    if (folder / "model.json").is_file():  # a robustbench-lta checkpoint pushed to the Hub
-        from .resolve import resolve_checkpoint_source
-
-        resolved = resolve_checkpoint_source(folder / "model.safetensors")
+    if (folder / "model.json").is_file() and load_checkpoint is not None:  # a project checkpoint on the Hub
+        # (the loader is passed in by resolve.py, which imports this module: no import circle)
+        resolved = load_checkpoint(folder / "model.safetensors")
         resolved.card.source = f"hf-hub:{spec}"
         return resolved
     config_path = folder / "config.json"

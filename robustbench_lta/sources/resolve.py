@@ -86,7 +86,8 @@ def _resolve(source: str, *, arch: str | None, num_classes: int | None, width: f
     if source.startswith("hf-hub:"):
         from .libs import resolve_hf_hub
 
-        return resolve_hf_hub(source[len("hf-hub:"):], num_classes=num_classes, seed=seed, download=download)
+        return resolve_hf_hub(source[len("hf-hub:"):], num_classes=num_classes, seed=seed, download=download,
+                              load_checkpoint=resolve_checkpoint_source)
     path = Path(source).expanduser()
     if arch is not None:
         return resolve_state_dict(path, arch, num_classes=num_classes, width=width, seed=seed)

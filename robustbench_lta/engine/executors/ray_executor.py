@@ -42,9 +42,9 @@ def _worker_state(cfg_json: dict[str, Any]) -> dict[str, Any]:
 
 def _loaded(state: dict[str, Any], model_index: int) -> Any:
     from ...utils import resolve_device
+    from ..inputs import resolve_source
     from ..models import load_sweep_model
     from ..store import ResultStore
-    from ..sweep import resolve_source
     from .worker import Worker
 
     cfg: SweepConfig = state["cfg"]

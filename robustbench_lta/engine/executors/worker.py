@@ -14,7 +14,7 @@ from ..models import LoadedModel
 from ..plan import Unit
 from ..runtime import PreparedModel, prepare_model
 from ..store import ResultStore
-from ..unit import UnitSettings, run_attack_unit
+from ..unit import UnitSettings, run_attack_unit, unit_meta
 
 
 class Worker:
@@ -35,8 +35,6 @@ class Worker:
 
     def run_unit(self, lm: LoadedModel, unit: Unit, settings: UnitSettings,
                  on_batch: Any = None) -> tuple[int, int, dict[str, Any]]:
-        from ..sweep import unit_meta
-
         result = run_attack_unit(self.prepared(lm), self.source, unit, settings, on_batch)
         meta = unit_meta(unit, result.eps_status)
         self.store.write_unit(unit.cell.id, unit.id, meta, result.samples, result.attention)
