@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
-from robustbench_lta.engine.executors.worker import Worker
 from robustbench_lta.engine.api import run_sweep
+from robustbench_lta.engine.executors.worker import Worker
 from robustbench_lta.errors import UserError
 from robustbench_lta.results import SAMPLE_COLUMNS, SUMMARY_COLUMNS
 
