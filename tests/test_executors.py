@@ -31,9 +31,10 @@ class KillsItsWorkerOnce(Attack):
     are a no-op attack."""
     name = "test-kill-worker-once"
     threat_model = ThreatModel.LINF
+    defaults = {"marker": ""}  # a parameter, not an env var: Ray workers started earlier lack it
 
     def perturb(self, model, x, y, eps):
-        marker = Path(os.environ["KILL_MARKER"])
+        marker = Path(self.params["marker"])
         if not marker.exists():
             marker.write_text(str(os.getpid()))
             os.kill(os.getpid(), signal.SIGKILL)
@@ -46,7 +47,7 @@ def _cfg(ckpts, out, executor: str, attacks=None, plugins=()) -> SweepConfig:
         "models": [{"name": name, "source": str(path)} for name, path in ckpts.items()],
         "attacks": attacks or [{"name": "fgsm"}, {"name": "pgd-linf", "params": {"steps": 3}}],
         "eps": [0, 2, 8], "n": 48, "batch_size": 16, "sanity_samples": 8, "attention_samples": 2,
-        "shard_size": 12, "executor": executor, "out": str(out), "plugins": list(plugins),
+        "shard_size": 12, "executor": executor, "out": str(out), "plugins": [str(p) for p in plugins],
         "ray_cpus_per_task": 1,
     })
 
@@ -86,8 +87,9 @@ def test_kill_9_of_a_worker_is_retried_to_the_same_tables(trained_checkpoints, t
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "suicide.py").write_text(SUICIDE)
-    monkeypatch.setenv("KILL_MARKER", str(tmp_path / "killed"))
-    attacks = [{"name": "fgsm"}, {"name": "test-kill-worker-once"}]
+    killer = {"name": "test-kill-worker-once", "params": {"marker": str(tmp_path / "killed")}}
+    attacks = [{"name": "fgsm"}, killer]
+    (tmp_path / "killed").write_text("local")  # the local reference run must not kill this process
     run_with_executor(_cfg(trained_checkpoints, tmp_path / "local", "local", attacks, [plugins]),
                       progress=False)
     (tmp_path / "killed").unlink()
