@@ -58,31 +58,16 @@ def paired_diff_ci(
     d = a - b
     if np.all(d == d[0]):  # no variation: every resample gives the same difference
         return (float(d[0]), float(d[0]))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # scipy's degenerate-BCa warning: the fallback below handles it
-        res = bootstrap(
-            (d,),
-            np.mean,
-            confidence_level=1 - alpha,
-            n_resamples=n_boot,
-            method="BCa",
-            rng=np.random.default_rng(seed),
-            batch=500,
-        )
-    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    if not (np.isfinite(lo) and np.isfinite(hi)):
+    def interval(method: str) -> tuple[float, float]:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            res = bootstrap(
-                (d,),
-                np.mean,
-                confidence_level=1 - alpha,
-                n_resamples=n_boot,
-                method="percentile",
-                rng=np.random.default_rng(seed),
-                batch=500,
-            )
-        lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+            warnings.simplefilter("ignore")  # scipy's degenerate-BCa warning: the fallback below handles it
+            res = bootstrap((d,), np.mean, confidence_level=1 - alpha, n_resamples=n_boot, method=method,
+                            rng=np.random.default_rng(seed), batch=500)
+        return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+    lo, hi = interval("BCa")
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        lo, hi = interval("percentile")
     return (lo, hi)
 
 
