@@ -57,8 +57,9 @@ def _same(a: Path, b: Path) -> None:
         x, y = pd.read_parquet(a / f"{name}.parquet"), pd.read_parquet(b / f"{name}.parquet")
         drop = [c for c in ("seconds",) if c in x.columns]
         # float32 drift and norms may differ in the last bits (threads per process): equal to rounding
+        # (Ray tasks run 1 thread, the CI driver 2: float32 sums differ in order)
         pd.testing.assert_frame_equal(x.drop(columns=drop), y.drop(columns=drop), obj=name, check_exact=False,
-                                      atol=1e-5)
+                                      rtol=1e-3, atol=1e-4)
 
 
 @pytest.fixture(scope="module")
