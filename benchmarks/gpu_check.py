@@ -240,9 +240,10 @@ def _train_epochs(name: str, data: dict[str, Any], sizes: dict[str, Any], cuda: 
     return {"model": name, "width": sizes["width"], "precision": cfg.amp if cuda else "float32",
             "epochs": [{"epoch": r["epoch"], "train_s": round(data["n_train"] / r["images_per_s"], 2),
                         "images_per_s": r["images_per_s"], "with_eval_s": r["seconds"],
-                        "test_acc": r["test_acc"]} for r in result.history],
+                        "val_acc": r["val_acc"]} for r in result.history],
             "epoch_s": round(data["n_train"] / last["images_per_s"], 2),
-            "images_per_s": last["images_per_s"], "test_acc": last["test_acc"],
+            "images_per_s": last["images_per_s"], "val_acc": result.best_acc,
+            "test_acc": round(result.test_acc, 4),
             "wall_s": round(time.perf_counter() - t0, 1)}
 
 
