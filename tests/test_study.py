@@ -258,3 +258,49 @@ def test_localisation_table_on_tiny_models(trained_checkpoints, digits_test_data
     assert set(table["condition"]) == {"clean", "fgsm"}
     assert table[["pointing", "iou"]].apply(lambda c: c.between(0, 1).all()).all()
     assert (table["n"] == 16).all()
+
+
+class _MixedOps(nn.Module):
+    """Every op the MAC counter knows: grouped and transposed convs, linear, matmul, bmm, einsum, SDPA."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1, groups=1)
+        self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=4)
+        self.up = nn.ConvTranspose2d(8, 4, 2, stride=2)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.up(self.grouped(self.conv(x)))  # (N,4,16,16)
+        t = f.flatten(2)  # (N,4,256)
+        a = t @ t.transpose(1, 2)  # (N,4,4)
+        b = torch.bmm(a, t)  # (N,4,256)
+        c = torch.einsum("nij,njk->nik", a, b)
+        q = c.view(c.shape[0], 1, 4, 256)
+        s = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+        return self.fc(s.flatten(1)[:, :64])
+
+
+def test_mac_counter_agrees_with_torch_flop_counter_on_every_registered_model_and_mixed_ops() -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from robustbench_lta.models.registry import list_models
+
+    def reference(m: nn.Module) -> float:
+        with torch.no_grad(), FlopCounterMode(display=False) as c:
+            m.eval()
+            m(torch.zeros(1, 3, 8, 8, device=next(m.parameters()).device))
+        return c.get_total_flops() / 2e9
+
+    for name in list_models():
+        with torch.device("meta"):
+            m = create_model(name, num_classes=10, width=0.0625)
+        with torch.no_grad(), FlopCounterMode(display=False) as c:
+            m(torch.zeros(1, 3, 32, 32, device="meta"))
+        assert model_gmacs(m, (3, 32, 32)) == pytest.approx(c.get_total_flops() / 2e9, rel=1e-9), name
+    # by hand: conv 512 outputs x 27, grouped 512 x 18, transposed 512 inputs x 16, matmul/bmm/einsum
+    # 4096 each, SDPA 2 x 4x4x256, linear 64 x 10. (torch's counter skips CPU SDPA: 8192 fewer.)
+    expected = 512 * 27 + 512 * 18 + 512 * 16 + 3 * 4096 + 2 * 4096 + 640
+    mixed = _MixedOps()
+    assert model_gmacs(mixed, (3, 8, 8)) == pytest.approx(expected / 1e9, rel=1e-9)
+    assert reference(mixed) == pytest.approx((expected - 8192) / 1e9, rel=1e-9)

@@ -52,36 +52,41 @@ def figure_attack(attacks: list[AttackPlan]) -> AttackPlan | None:
     return bounded[0] if bounded else None
 
 
-def _first_correct(pm: PreparedModel, source: SampleSource, want: int, batch_size: int
-                   ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """The first ``want`` clean-correct samples in sample order (positions, x, y, logits) and how many
-    samples were looked at to find them."""
-    xs, ys, ls, ps = [], [], [], []
-    found, seen = 0, 0
+def _first_correct(pm: PreparedModel, source: SampleSource, want: int, batch_size: int,
+                   known: np.ndarray | None = None) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, int]:
+    """The first ``want`` clean-correct samples in sample order (positions, x, y) and how many
+    samples it took to find them (up to the last one picked, or all looked at when fewer exist).
+
+    ``known``: clean-correct flags of positions ``0..len(known)-1`` from the units' clean passes
+    (same model, same samples); the clean forward runs only past them, while too few are found.
+    """
+    flags = [] if known is None else [np.asarray(known, dtype=bool)]
+    at = 0 if known is None else len(known)
+    found = 0 if known is None else int(known.sum())
     with torch.inference_mode():
-        for start in range(0, source.n, batch_size):
-            positions = np.arange(start, min(source.n, start + batch_size))
-            for pos, x, y in source.batches(positions, batch_size, pm.device):
-                logits = pm.model(x)
-                ok = (logits.argmax(1) == y).cpu().numpy()
-                seen += len(pos)
-                if ok.any():
-                    sel = torch.as_tensor(np.flatnonzero(ok), device=x.device)
-                    xs.append(x[sel])
-                    ys.append(y[sel])
-                    ls.append(logits[sel])
-                    ps.append(pos[ok])
-                    found += int(ok.sum())
-            if found >= want:
-                break
-    if not xs:
+        while found < want and at < source.n:
+            positions = np.arange(at, min(source.n, at + batch_size))
+            for _pos, x, y in source.batches(positions, batch_size, pm.device):
+                ok = (pm.model(x).argmax(1) == y).cpu().numpy()
+                flags.append(ok)
+                found += int(ok.sum())
+            at = int(positions[-1]) + 1
+    correct = np.concatenate(flags) if flags else np.zeros(0, dtype=bool)
+    pos = np.flatnonzero(correct)[:want].astype(np.int64)
+    seen = int(pos[-1]) + 1 if len(pos) == want and want > 0 else len(correct)
+    if not len(pos):
         empty = torch.zeros(0)
-        return np.zeros(0, dtype=np.int64), empty, empty.long(), empty, seen
-    return (np.concatenate(ps)[:want], torch.cat(xs)[:want], torch.cat(ys)[:want], torch.cat(ls)[:want],
-            seen)
+        return pos, empty, empty.long(), seen
+    xs, ys = [], []
+    for _p, x, y in source.batches(pos, batch_size, pm.device):
+        xs.append(x)
+        ys.append(y)
+    return pos, torch.cat(xs), torch.cat(ys), seen
 
 
-def run_model_pass(pm: PreparedModel, source: SampleSource, settings: ModelPassSettings) -> ModelPassResult:
+def run_model_pass(pm: PreparedModel, source: SampleSource, settings: ModelPassSettings,
+                   known_correct: np.ndarray | None = None) -> ModelPassResult:
+    """Checks, probe and figure data of one model; ``known_correct`` as in :func:`_first_correct`."""
     f0, b0 = pm.model.work()
     rows: list[dict[str, Any]] = []
     k = min(source.n, CHECK_SAMPLES)
@@ -90,7 +95,7 @@ def run_model_pass(pm: PreparedModel, source: SampleSource, settings: ModelPassS
         reference = pm.model(x)
     rows += model_checks(pm.label, pm.model, x, y, reference)
     want = max(settings.sanity_samples, settings.attention_samples if pm.has_attention else 0)
-    pos, xc, yc, _logits, seen = _first_correct(pm, source, want, settings.batch_size)
+    pos, xc, yc, seen = _first_correct(pm, source, want, settings.batch_size, known_correct)
     if settings.sanity_samples and len(pos):
         n = min(settings.sanity_samples, len(pos))
         probe = get_attack("pgd-linf", seed=derive_seed(settings.seed, pm.loaded.sha256, "probe"),

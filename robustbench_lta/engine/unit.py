@@ -53,6 +53,7 @@ class UnitResult:
     samples: pd.DataFrame
     attention: pd.DataFrame | None
     eps_status: list[dict[str, Any]]  # per eps: eps, status, message, seconds, forward, backward
+    clean_correct: np.ndarray | None = None  # per shard position: clean prediction == label
 
     @property
     def status(self) -> str:
@@ -304,7 +305,8 @@ def run_attack_unit(pm: PreparedModel, source: SampleSource, unit: Unit, setting
         else None,
         eps_status=[{"eps": float(e), "status": s, "message": msg, "seconds": seconds[k],
                      "forward": work[k][0], "backward": work[k][1]}
-                    for k, (e, (s, msg)) in enumerate(zip(chain, status, strict=True))])
+                    for k, (e, (s, msg)) in enumerate(zip(chain, status, strict=True))],
+        clean_correct=shard.correct)
 
 
 def _drift_rows(shard: _Shard, rel: np.ndarray, adv_maps: list[torch.Tensor], eps: float,

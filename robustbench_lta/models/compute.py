@@ -1,11 +1,14 @@
 """Compute per image: multiply-accumulates (GMACs) of one forward pass, measured, not estimated.
 
-Counted with :class:`torch.utils.flop_counter.FlopCounterMode` (no new dependency), which counts
-the FLOPs of matrix multiplications and convolutions (2 per multiply-accumulate); MACs are
-FLOPs / 2. Elementwise work (BN, ReLU, softmax, pooling) is not counted, as in the usual
-"GMACs" figures of papers. Why it matters here: the attention VGG keeps 32x32 and 16x16 maps that
-the plain VGG-16 pools away, so at 32x32 it costs ~12x the MACs of ``vgg16``; any robustness gap
-between them may come from resolution and compute rather than attention.
+Counted by :class:`_MacCounter`, a ``TorchFunctionMode`` that sees every convolution, linear layer
+and matrix product called during one forward and adds its multiply-accumulates from the shapes.
+Not ``torch.utils.flop_counter.FlopCounterMode``: any dispatch mode imports ``torch._dynamo`` on
+first use, 1.1-1.6 s of every sweep's start-up on this machine for one number; a test holds the
+two counters equal on every registered model. Elementwise work (BN, ReLU, softmax, pooling) is
+not counted, as in the usual "GMACs" figures of papers. Why it matters here: the attention VGG
+keeps 32x32 and 16x16 maps that the plain VGG-16 pools away, so at 32x32 it costs ~12x the MACs
+of ``vgg16``; any robustness gap between them may come from resolution and compute rather than
+attention.
 
 Two entry points:
 
@@ -28,7 +31,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
 
 __all__ = ["DEFAULT_INPUT_SIZE", "model_gmacs", "registry_gmacs"]
 
@@ -51,6 +55,70 @@ def _input_size(module: nn.Module, input_size: Sequence[int] | None) -> tuple[in
     return size  # type: ignore[return-value]
 
 
+def _numel(shape: Sequence[int]) -> int:
+    n = 1
+    for v in shape:
+        n *= int(v)
+    return n
+
+
+def _conv_macs(args: tuple, kwargs: dict, out: torch.Tensor, transposed: bool) -> int:
+    x, w = args[0], args[1] if len(args) > 1 else kwargs["weight"]
+    if transposed:  # every input position scatters into (C_out/groups x taps) outputs
+        return _numel(x.shape) * _numel(w.shape[1:])
+    return _numel(out.shape) * _numel(w.shape[1:])  # each output: (C_in/groups x taps) products
+
+
+def _matmul_macs(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> int:
+    inner = int(a.shape[-1]) if a.dim() else 1
+    return _numel(out.shape) * inner
+
+
+def _einsum_macs(args: tuple, out: torch.Tensor) -> int:
+    spec, ops = args[0], args[1:]
+    if len(ops) == 1 and isinstance(ops[0], list | tuple):
+        ops = tuple(ops[0])
+    if len(ops) < 2 or "..." in spec:
+        return 0  # reductions and ellipses: elementwise-like, not counted
+    sizes: dict[str, int] = {}
+    for sub, t in zip(spec.split("->")[0].split(","), ops, strict=False):
+        for ch, n in zip(sub.strip(), t.shape, strict=False):
+            sizes[ch] = int(n)
+    return _numel(sizes.values())
+
+
+class _MacCounter(TorchFunctionMode):
+    """Adds multiply-accumulates of convolutions, linear layers and matrix products, from shapes."""
+
+    _CONV = {F.conv1d: False, F.conv2d: False, F.conv3d: False,
+             F.conv_transpose1d: True, F.conv_transpose2d: True, F.conv_transpose3d: True}
+    _MATMUL = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.Tensor.__rmatmul__,
+               torch.mm, torch.Tensor.mm, torch.bmm, torch.Tensor.bmm}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.macs = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func in self._CONV:
+            self.macs += _conv_macs(args, kwargs, out, self._CONV[func])
+        elif func is F.linear:
+            self.macs += _numel(out.shape) * int(args[0].shape[-1])
+        elif func in self._MATMUL:
+            a, b = (args[1], args[0]) if func is torch.Tensor.__rmatmul__ else (args[0], args[1])
+            self.macs += _matmul_macs(a, b, out)
+        elif func in (torch.addmm, torch.baddbmm):
+            self.macs += _matmul_macs(args[1], args[2], out)
+        elif func is torch.einsum:
+            self.macs += _einsum_macs(args, out)
+        elif func is F.scaled_dot_product_attention:
+            q, k = args[0], args[1]  # QK^T then weights x V: 2 x (L x S x E) per head
+            self.macs += 2 * _numel(q.shape) * int(k.shape[-2])
+        return out
+
+
 def model_gmacs(module: nn.Module, input_size: Sequence[int] | None = None) -> float:
     """GMACs of one forward pass of ``module`` on one image of ``input_size`` ((C,H,W) or (H,W)).
 
@@ -68,12 +136,12 @@ def model_gmacs(module: nn.Module, input_size: Sequence[int] | None = None) -> f
     try:
         module.eval()
         x = torch.zeros((1, *size), device=device)
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), _MacCounter() as counter:
             module(x)
     finally:
         for m, flag in modes:
             m.training = flag
-    return counter.get_total_flops() / 2e9
+    return counter.macs / 1e9
 
 
 def _code_version() -> str:

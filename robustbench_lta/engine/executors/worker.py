@@ -25,6 +25,9 @@ class Worker:
         self.source, self.store, self.device = source, store, device
         self.amp, self.channels_last, self.compile_model = amp, channels_last, compile_model
         self._prepared: PreparedModel | None = None
+        # clean-correct flags per model label and shard start, from the units this worker ran: the
+        # model pass picks its samples from them instead of a second clean forward
+        self._clean: dict[str, dict[int, np.ndarray]] = {}
 
     def prepared(self, lm: LoadedModel) -> PreparedModel:
         if self._prepared is None or self._prepared.loaded is not lm:
@@ -36,12 +39,23 @@ class Worker:
     def run_unit(self, lm: LoadedModel, unit: Unit, settings: UnitSettings,
                  on_batch: Any = None) -> tuple[int, int, dict[str, Any]]:
         result = run_attack_unit(self.prepared(lm), self.source, unit, settings, on_batch)
+        if result.clean_correct is not None:
+            self._clean.setdefault(lm.label, {})[unit.start] = result.clean_correct
         meta = unit_meta(unit, result.eps_status)
         self.store.write_unit(unit.cell.id, unit.id, meta, result.samples, result.attention)
         return unit.start, unit.stop, meta
 
+    def _known_correct(self, label: str) -> np.ndarray | None:
+        """Clean-correct flags of the longest run of samples from position 0 this worker has seen."""
+        shards = self._clean.get(label, {})
+        parts, at = [], 0
+        while at in shards and len(shards[at]):
+            parts.append(shards[at])
+            at += len(shards[at])
+        return np.concatenate(parts) if parts else None
+
     def run_model_pass(self, lm: LoadedModel, key: str, settings: ModelPassSettings) -> None:
-        result = run_model_pass(self.prepared(lm), self.source, settings)
+        result = run_model_pass(self.prepared(lm), self.source, settings, self._known_correct(lm.label))
         if result.figure is not None:
             result.figure["key"] = np.array(key)
             self.store.write_attention_arrays(lm.label, result.figure)
