@@ -72,21 +72,24 @@ def main() -> None:
         torch.save({"x": ds.images.float() / 255, "y": ds.labels}, data)
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
         env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-        best: dict[str, dict] = {}
-        for _ in range(args.repeats):
+        runs: dict[str, list[dict]] = {"old": [], "new": []}
+        for _ in range(args.repeats):  # alternating, so drift in the machine's speed hits both
             for name, tree in (("old", args.old_tree), ("new", "")):
                 out = subprocess.run([sys.executable, "-c", CHILD, tree, str(data), str(weights)],
                                      capture_output=True, text=True, env=env, cwd=tmp)
                 if out.returncode:
                     raise SystemExit(f"{name} failed: {out.stderr[-2000:]}")
-                r = json.loads(out.stdout.strip().splitlines()[-1])
-                if name not in best or r["wall"] < best[name]["wall"]:
-                    best[name] = r
-    print(f"n={args.n}, FGSM x 8 budgets, default settings, best of {args.repeats}:")
+                runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    walls = {k: sorted(r["wall"] for r in v) for k, v in runs.items()}
+    pairs = sorted(o["wall"] / n["wall"] for o, n in zip(runs["old"], runs["new"], strict=True))
+    print(f"n={args.n}, FGSM x 8 budgets, default settings, {args.repeats} alternating runs "
+          f"(wall of run_sweep inside each process; min / median / max):")
     for name in ("old", "new"):
-        print(f"  {name}: {best[name]['wall']:.2f} s, robust accuracies {best[name]['robust']}")
-    print(f"  new is {best['old']['wall'] / best['new']['wall']:.2f}x faster; same robust accuracies: "
-          f"{best['old']['robust'] == best['new']['robust']}")
+        w = walls[name]
+        print(f"  {name}: {w[0]:.2f} / {w[len(w) // 2]:.2f} / {w[-1]:.2f} s, robust accuracies "
+              f"{runs[name][0]['robust']}")
+    print(f"  old/new per pair: {pairs[0]:.2f} / {pairs[len(pairs) // 2]:.2f} / {pairs[-1]:.2f}x; "
+          f"same robust accuracies: {runs['old'][0]['robust'] == runs['new'][0]['robust']}")
 
 
 if __name__ == "__main__":

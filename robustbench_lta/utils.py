@@ -5,6 +5,7 @@ Everything here sits below every other layer, so any layer may import it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -57,13 +58,20 @@ def derive_seed(base: int, *parts: Any) -> int:
 
 
 def package_versions(names: Iterable[str] = _VERSIONED_PACKAGES) -> dict[str, str]:
+    """Installed versions of ``names`` (absent ones left out), plus Python's."""
+    return dict(_package_versions(tuple(names)))
+
+
+@functools.lru_cache(maxsize=8)
+def _package_versions(names: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    # metadata scans site-packages (~10 ms); versions do not change within a process
     out: dict[str, str] = {"python": platform.python_version()}
     for name in names:
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             continue
-    return out
+    return tuple(out.items())
 
 
 def git_commit(path: str | Path | None = None) -> str | None:
