@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -229,6 +230,25 @@ def test_multi_budget_attacks_evaluate_only_survivors_and_count_work(trained_che
     assert int(per[per["attack"] == "fgsm"]["forward"].sum()) == 96 + correct + len(grid) * correct
     assert math.isclose(worst[worst["attack"] == "worst-case"]["robust_acc"].iloc[-1],
                         fgsm["robust_acc"].iloc[-1])
+
+
+def test_survivors_only_flags_equal_every_budget_evaluated_for_each_multi_budget_attack(trained_checkpoints,
+                                                                                         tmp_path):
+    """Per sample: broken at eps k under worst-case accounting == broken at some eps <= k when every
+    budget is evaluated on every clean-correct sample (per-attack accounting)."""
+    models = {"m": str(trained_checkpoints["smallcnn"])}
+    attacks = [{"name": "fgsm"}, {"name": "fgm-l2"}]
+    kw = dict(n=64, batch_size=32, progress=False, sanity_samples=0, attention_samples=0)
+    grid = [i / 255 for i in range(1, 9)]
+    run_sweep(models, attacks, grid, out=tmp_path / "w", **kw)
+    run_sweep(models, attacks, grid, out=tmp_path / "p", accounting="per-attack", **kw)
+    worst = pd.read_parquet(tmp_path / "w" / "samples.parquet")
+    every = pd.read_parquet(tmp_path / "p" / "samples.parquet")
+    for attack in ("fgsm", "fgm-l2"):
+        w = worst[worst["attack"] == attack].pivot(index="index", columns="eps", values="broken")
+        e = every[every["attack"] == attack].pivot(index="index", columns="eps", values="broken")
+        assert e.to_numpy().any(), attack  # the attack breaks something: the comparison means something
+        assert (w.to_numpy() == np.logical_or.accumulate(e.to_numpy(), axis=1)).all(), attack
 
 
 def test_manifest_says_running_until_the_tables_are_written(trained_checkpoints, tmp_path, monkeypatch):
