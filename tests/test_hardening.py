@@ -233,6 +233,45 @@ def test_a_corrupt_attention_file_stops_the_report_with_its_path(tmp_path):
     assert not pdf.exists()
 
 
+def test_disk_full_during_a_write_names_the_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    from robustbench_lta import utils
+
+    class Full:
+        def __init__(self, fd: int) -> None:
+            os.close(fd)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def write(self, data: bytes) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")  # as write() raises it: no name
+
+    monkeypatch.setattr(utils.os, "fdopen", lambda fd, mode: Full(fd))
+    target = tmp_path / "summary.csv"
+    with pytest.raises(OSError) as info:
+        utils.atomic_write_bytes(target, b"x")
+    assert info.value.filename == str(target) and info.value.errno == errno.ENOSPC
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_report_api_turns_a_truncated_attention_file_into_a_warning(tmp_path):
+    from robustbench_lta.reporting.pdf import build_report
+
+    res = tmp_path / "res"
+    code, _, err = run_cli("sweep", "--model", "smallcnn_att2_concat_pc", "--data", "cluttered-digits",
+                           "--n", "8", "--attack", "fgsm", "--eps", "0,8", "--out", str(res), "--quiet",
+                           "--set", "sanity_samples=0", "--set", "attention_samples=2")
+    assert code == 0, err
+    npz = next((res / "attention").glob("*.npz"))
+    npz.write_bytes(npz.read_bytes()[: npz.stat().st_size // 2])  # a truncated zip: BadZipFile
+    result = build_report([res], tmp_path / "r.pdf")
+    assert any("could not be drawn" in w for w in result.warnings), result.warnings
+    assert (tmp_path / "r.pdf").is_file()
+
+
 # ------------------------------------------------------------------------------ also
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_device_cuda_without_cuda_creates_nothing(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -85,7 +86,7 @@ def attention_section(
             continue
         try:
             fig = map_grid_page(m, path, bundle.classes, _title(3) if first else f"Attention maps: {m}")
-        except (KeyError, ValueError, OSError) as exc:
+        except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
             result.warnings.append(f"attention maps of {m} could not be drawn: {exc}")
             continue
         sink.add(fig, f"attention_maps_{''.join(c if c.isalnum() else '_' for c in m)}")
