@@ -218,13 +218,18 @@ def test_disk_full_is_a_user_error_naming_the_folder(tmp_path, monkeypatch):
     assert (out / "earlier.txt").read_text() == "kept"
 
 
-def test_a_corrupt_attention_file_stops_the_report_with_its_path(tmp_path):
+def _attention_results(tmp_path: Path) -> tuple[Path, Path]:
+    """A tiny sweep of an attention model: its results folder and its attention npz."""
     res = tmp_path / "res"
     code, _, err = run_cli("sweep", "--model", "smallcnn_att2_concat_pc", "--data", "cluttered-digits",
                            "--n", "8", "--attack", "fgsm", "--eps", "0,8", "--out", str(res), "--quiet",
                            "--set", "sanity_samples=0", "--set", "attention_samples=2")
     assert code == 0, err
-    npz = next((res / "attention").glob("*.npz"))
+    return res, next((res / "attention").glob("*.npz"))
+
+
+def test_a_corrupt_attention_file_stops_the_report_with_its_path(tmp_path):
+    res, npz = _attention_results(tmp_path)
     npz.write_bytes(os.urandom(100))
     pdf = tmp_path / "rep" / "r.pdf"
     code, _, err = run_cli("report", str(res), "--out", str(pdf))
@@ -260,12 +265,7 @@ def test_disk_full_during_a_write_names_the_file_and_leaves_no_temporary(tmp_pat
 def test_the_report_api_turns_a_truncated_attention_file_into_a_warning(tmp_path):
     from robustbench_lta.reporting.pdf import build_report
 
-    res = tmp_path / "res"
-    code, _, err = run_cli("sweep", "--model", "smallcnn_att2_concat_pc", "--data", "cluttered-digits",
-                           "--n", "8", "--attack", "fgsm", "--eps", "0,8", "--out", str(res), "--quiet",
-                           "--set", "sanity_samples=0", "--set", "attention_samples=2")
-    assert code == 0, err
-    npz = next((res / "attention").glob("*.npz"))
+    res, npz = _attention_results(tmp_path)
     npz.write_bytes(npz.read_bytes()[: npz.stat().st_size // 2])  # a truncated zip: BadZipFile
     result = build_report([res], tmp_path / "r.pdf")
     assert any("could not be drawn" in w for w in result.warnings), result.warnings
