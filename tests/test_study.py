@@ -223,6 +223,15 @@ def test_three_seed_family_trained_swept_and_reported(tmp_path) -> None:
         sink = PageSink(pdf=pdf, png_dir=tmp_path)
         assert family_section(sink, bundle, model_palette(bundle.models), "Seeds") is not None
     assert (tmp_path / "family_curves.png").is_file()
+    # the Python API expands a family folder the same way, to the same rows
+    from robustbench_lta.engine.api import run_sweep
+
+    api = run_sweep({"fam": str(root)}, ["fgsm"], [0, 2 / 255, 8 / 255], n=60, out=tmp_path / "api",
+                    progress=False, sanity_samples=0)
+    cli = pd.read_parquet(out / "summary.parquet")
+    cols = ["model", "attack", "eps", "robust_acc"]
+    pd.testing.assert_frame_equal(api[cols].sort_values(cols[:3]).reset_index(drop=True),
+                                  cli[cols].sort_values(cols[:3]).reset_index(drop=True))
 
 
 def test_train_cli_seeds_flag_rejects_garbage(tmp_path, capsys) -> None:

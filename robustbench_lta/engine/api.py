@@ -25,9 +25,10 @@ def run_sweep(models: Mapping[str, str | nn.Module] | Sequence[str], attacks: Se
 
     Args:
         models: name -> checkpoint path, registry name or any nn.Module mapping [0,1] images to
-            logits (a list of paths/names is also accepted; labels are then derived). A module is
-            handed back as it was found (mode, ``requires_grad``, memory format, device), also when
-            the sweep raises.
+            logits (a list of paths/names is also accepted; labels are then derived). A seed-family
+            folder (``train --seeds``) stands for each of its seed runs, labelled ``name@seed<S>``.
+            A module is handed back as it was found (mode, ``requires_grad``, memory format,
+            device), also when the sweep raises.
         attacks: attack names (``"fgsm"``, ``"ta:PGD"``, ``"pgd-linf:steps=20"`` as on the CLI), dicts like
             ``{"name": "pgd-linf", "params": {"steps": 20}, "label": "pgd20"}``, or Attack instances.
         eps: budgets on the [0,1] scale (e.g. ``[0, 2/255, 8/255]``).
@@ -57,9 +58,12 @@ def run_sweep(models: Mapping[str, str | nn.Module] | Sequence[str], attacks: Se
     data_spec = None
     if isinstance(data, str):
         data_spec, data = {"name": data}, None
+    from ..training.family import expand_model_specs
+
     raw = {
-        "models": [{"name": k, "source": v if isinstance(v, str) else f"module:{k}"}
-                   for k, v in models.items()],
+        # a family folder (runs/<model>/seed<S>) becomes one model per seed, labelled <name>@seed<S>
+        "models": expand_model_specs([{"name": k, "source": v if isinstance(v, str) else f"module:{k}"}
+                                      for k, v in models.items()]),
         "attacks": specs, "eps": [float(e) for e in eps], "eps_scale": 1.0, "n": n, "data": data_spec,
         "batch_size": batch_size, "device": device or "auto", "seed": seed, "accounting": accounting,
         "plugins": [str(p) for p in plugins], "attention_samples": attention_samples,
@@ -69,5 +73,8 @@ def run_sweep(models: Mapping[str, str | nn.Module] | Sequence[str], attacks: Se
     for spec_obj in cfg.attacks:  # instances keep their own parameters
         if (spec_obj.label or spec_obj.name) in instances:
             spec_obj.params = dict(instances[spec_obj.label or spec_obj.name].params)
-    return run_sweep_config(cfg, progress=progress, models=models, data=data,
+    # modules by their label; checkpoint specs (family folders already expanded) as validated
+    entries = {spec.name: models[spec.name] if isinstance(models.get(spec.name), nn.Module) else spec
+               for spec in cfg.models}
+    return run_sweep_config(cfg, progress=progress, models=entries, data=data,
                             attack_instances=instances or None, classes=classes)
