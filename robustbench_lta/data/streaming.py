@@ -46,8 +46,9 @@ class ImageFolderStream(Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        img = torch.from_numpy(np.ascontiguousarray(_decode(self.files[i], self.transform)))
-        return img.permute(2, 0, 1).contiguous(), int(self.targets[i])
+        # PIL's array is read-only (torch warns on it); the CHW copy is writable and the only copy
+        chw = np.ascontiguousarray(_decode(self.files[i], self.transform).transpose(2, 0, 1))
+        return torch.from_numpy(chw), int(self.targets[i])
 
     @property
     def image_size(self) -> tuple[int, int]:
