@@ -49,12 +49,8 @@ print(json.dumps({"wall": wall, "robust": [round(float(v), 6) for v in rows["rob
 """
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--old-tree", required=True, help="source tree of the older commit")
-    ap.add_argument("--n", type=int, default=512)
-    ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
+def prepared_inputs(folder: Path, n: int) -> tuple[Path, Path]:
+    """bench_work's cached CIFAR-10 model and the first ``n`` test images, saved for child processes."""
     import torch
     from safetensors.torch import save_file
 
@@ -66,11 +62,21 @@ def main() -> None:
 
     cifar = unpack(shared_data_dir(), default_cache_dir())
     model = trained_model(cifar / "train")
-    ds = load_dataset(f"imagefolder:{cifar / 'test'}", split="test", n=args.n)
+    ds = load_dataset(f"imagefolder:{cifar / 'test'}", split="test", n=n)
+    data, weights = folder / "data.pt", folder / "w.safetensors"
+    torch.save({"x": ds.images.float() / 255, "y": ds.labels}, data)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    return data, weights
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--old-tree", required=True, help="source tree of the older commit")
+    ap.add_argument("--n", type=int, default=512)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        data, weights = Path(tmp) / "data.pt", Path(tmp) / "w.safetensors"
-        torch.save({"x": ds.images.float() / 255, "y": ds.labels}, data)
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+        data, weights = prepared_inputs(Path(tmp), args.n)
         env = {**os.environ, "PYTHONWARNINGS": "ignore"}
         runs: dict[str, list[dict]] = {"old": [], "new": []}
         for _ in range(args.repeats):  # alternating, so drift in the machine's speed hits both
