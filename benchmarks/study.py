@@ -6,9 +6,11 @@ A benchmark script, not a test. Stages (each timed; ``--stages`` picks some):
    ``../shared``, unpacked once like benchmarks/train_cifar10.py) at ``--width``, ``--n-train``
    images, ``--epochs``; runs in ``<runs>/<model>/seed<S>``.
 2. ``sweep``: the families (labels ``model@seed<S>``) x FGSM over the eps grid (the paper's
-   protocol), PGD-``--pgd-steps``, APGD-CE (AutoAttack's first component, a port), Square
-   (``--square-queries``) at the largest eps, ``pgd-attn-js`` and ``attn-hijack`` (these fail
-   cleanly on models without attention), worst-case accounting, first ``--n`` test images.
+   protocol), PGD with each of ``--pgd-steps`` (a comma list: ``10,50``), APGD-CE (AutoAttack's
+   first component, a port), Square (``--square-queries``) at the largest eps, the authors'
+   AutoAttack at ``--autoattack-eps`` (none by default: CPU-costly), ``pgd-attn-js`` and
+   ``attn-hijack`` with the first PGD step count (they fail cleanly on models without attention),
+   worst-case accounting, first ``--n`` test images.
 3. ``report``: the PDF report, plus ``study_family_curves.csv`` (seed spread) and
    ``study_family_intervals.csv`` (two-level bootstrap: seeds, then samples; each family minus the
    first family without attention) and ``study_compute.csv`` (GMACs per model) in the results folder.
@@ -16,9 +18,10 @@ A benchmark script, not a test. Stages (each timed; ``--stages`` picks some):
    seed), pointing game and top-20 % IoU of attention vs gradient saliency vs SmoothGrad, clean and
    under FGSM (analysis/localisation.py); ``study_localisation.csv``.
 
-Example (the reduced CPU scale of docs/study.md)::
+Example (the CPU scale of docs/study.md)::
 
-    python benchmarks/study.py --width 0.125 --n-train 2000 --epochs 3 --n 200 --pgd-steps 20
+    python benchmarks/study.py --width 0.0625 --n-train 4000 --n-test 1000 --epochs 6 --n 200 \
+        --pgd-steps 10,50 --apgd-steps 10 --square-queries 100 --autoattack-eps 8
 
 Timings are wall-clock on whatever machine runs it; ``study_timings.json`` records them.
 """
@@ -64,14 +67,17 @@ def _sweep(args: argparse.Namespace) -> None:
     from robustbench_lta.engine.executors import run_with_executor
     from robustbench_lta.training.family import expand_model_specs
 
-    steps = args.pgd_steps
+    pgd = [{"name": "pgd-linf", "label": f"pgd{k}", "params": {"steps": k}} for k in args.pgd_steps]
+    aa = [{"name": "autoattack", "eps": args.autoattack_eps}] if args.autoattack_eps else []
+    steps = args.pgd_steps[0]  # the attention attacks match the first PGD: "never weaker" is per steps
     raw = {
         "models": expand_model_specs([{"source": str(args.runs / m), "name": m} for m in args.models]),
         "attacks": [
             {"name": "fgsm"},
-            {"name": "pgd-linf", "label": f"pgd{steps}", "params": {"steps": steps}},
+            *pgd,
             {"name": "apgd-ce", "params": {"steps": args.apgd_steps}},
             {"name": "square", "params": {"n_queries": args.square_queries}, "eps": [args.eps[-1]]},
+            *aa,
             {"name": "pgd-attn-js", "params": {"steps": steps}},
             {"name": "attn-hijack", "params": {"steps": steps}},
         ],
@@ -132,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--n", type=int, default=200, help="test images attacked")
     p.add_argument("--eps", default="0,1,2,4,8", help="pixel units (/255)")
-    p.add_argument("--pgd-steps", type=int, default=50)
+    p.add_argument("--pgd-steps", default="50", help="PGD step counts, comma-separated (one cell each)")
+    p.add_argument("--autoattack-eps", default="", help="budgets (/255) for the authors' AutoAttack")
     p.add_argument("--apgd-steps", type=int, default=50)
     p.add_argument("--square-queries", type=int, default=100)
     p.add_argument("--device", default="auto")
@@ -142,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     args.eps = [float(e) for e in args.eps.split(",") if e.strip()]
+    args.pgd_steps = [int(k) for k in args.pgd_steps.split(",") if k.strip()]
+    args.autoattack_eps = [float(e) for e in args.autoattack_eps.split(",") if e.strip()]
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     args.results.mkdir(parents=True, exist_ok=True)
     timings_path = args.results / "study_timings.json"
