@@ -20,7 +20,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-CHILD = r"""
+#: start of a child process: argv[1] an older source tree or "" (this one), argv[2] the data, argv[3]
+#: the weights; leaves ``data``, ``model`` (eval mode) and ``run_sweep`` of the chosen tree
+CHILD_PREAMBLE = r"""
 import json, sys, time, tempfile, warnings
 import torch
 from safetensors.torch import load_file
@@ -37,6 +39,9 @@ data = torch.load(sys.argv[2], weights_only=True)
 model = create_model("smallcnn", num_classes=10, width=1.0)
 model.load_state_dict(load_file(sys.argv[3]))
 model.eval()
+"""
+
+CHILD = CHILD_PREAMBLE + r"""
 eps = [k / 255 for k in range(1, 9)]
 with tempfile.TemporaryDirectory() as out, warnings.catch_warnings():
     warnings.simplefilter("ignore")

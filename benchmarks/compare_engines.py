@@ -27,24 +27,8 @@ ATTACKS = (
     ' {"name": "boundary", "params": {"steps": 100}}]'
 )
 
-CHILD = r"""
-import json, sys, tempfile, warnings
-import torch
-from safetensors.torch import load_file
-if sys.argv[1]:  # the older tree: its package, and its attacks/ folder as the built-in attacks
-    import types
-    sys.path.insert(0, sys.argv[1])
-    import robustbench_lta
-    builtin = types.ModuleType("robustbench_lta.builtin_attacks")
-    builtin.__path__ = [sys.argv[1] + "/attacks"]
-    sys.modules["robustbench_lta.builtin_attacks"] = builtin
+CHILD_BODY = r"""
 import pandas as pd
-from robustbench_lta.models.registry import create_model
-from robustbench_lta import run_sweep
-data = torch.load(sys.argv[2], weights_only=True)
-model = create_model("smallcnn", num_classes=10, width=1.0)
-model.load_state_dict(load_file(sys.argv[3]))
-model.eval()
 n = len(data["y"])
 with tempfile.TemporaryDirectory() as out, warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -59,7 +43,7 @@ def main() -> None:
     import pandas as pd
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_before_after import prepared_inputs
+    from bench_before_after import CHILD_PREAMBLE, prepared_inputs
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--old-tree", required=True, help="source tree of the older commit")
@@ -70,7 +54,8 @@ def main() -> None:
         frames = {}
         for name, tree in (("old", args.old_tree), ("new", "")):
             out = Path(tmp) / f"{name}.parquet"
-            argv = [sys.executable, "-c", CHILD, tree, str(data), str(weights), str(out), ATTACKS]
+            child = CHILD_PREAMBLE + CHILD_BODY
+            argv = [sys.executable, "-c", child, tree, str(data), str(weights), str(out), ATTACKS]
             run = subprocess.run(argv, capture_output=True, text=True, cwd=tmp)
             if run.returncode:
                 raise SystemExit(f"{name} failed: {run.stderr[-2000:]}")
