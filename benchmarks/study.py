@@ -95,10 +95,13 @@ def _report(args: argparse.Namespace) -> None:
     from robustbench_lta.reporting.load import load_results
     from robustbench_lta.reporting.pdf import build_report
 
-    build_report([args.results], args.report, title="Study v2: attention VGG vs baselines, seed families")
+    report = build_report([args.results], args.report,
+                          title="Study v2: attention VGG vs baselines, seed families")
     bundle = load_results([args.results])
     family_curves(bundle).to_csv(args.results / "study_family_curves.csv", index=False)
-    family_intervals(bundle, replicates=1000).to_csv(args.results / "study_family_intervals.csv", index=False)
+    # the report's own bootstrap table (1,000 replicates): the same figures as its family page
+    intervals = report.family_intervals if report.family_intervals is not None else family_intervals(bundle)
+    intervals.to_csv(args.results / "study_family_intervals.csv", index=False)
     pd.DataFrame([{"model": m, "width": args.width, "gmacs_32x32": registry_gmacs(m, args.width),
                    "gmacs_32x32_width1": registry_gmacs(m)} for m in args.models]).to_csv(
         args.results / "study_compute.csv", index=False)

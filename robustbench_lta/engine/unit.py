@@ -219,7 +219,7 @@ def run_attack_unit(pm: PreparedModel, source: SampleSource, unit: Unit, setting
         rec.record(k, rel, pred, v.norms.cpu().double().numpy(), shard.label)
         if drift:
             att_rows.append(_drift_rows(shard, rel, maps, eps, source.index[pos]))
-        return pred != y.cpu().numpy()
+        return pred != shard.label[rel]  # host labels: no device sync per batch and budget
 
     def account(k: int, t_start: float, w_start: tuple[int, int]) -> None:
         f, b = pm.model.work()

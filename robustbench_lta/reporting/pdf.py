@@ -49,6 +49,7 @@ class ReportResult:
     sections: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     verdict: dict[str, Any] = field(default_factory=dict)
+    family_intervals: pd.DataFrame | None = None  # the seed-family page's table (None without families)
     pages: int = 0
 
 
@@ -271,7 +272,8 @@ def _render(
                 "attacks are summarised in the Tables section.",
             )
 
-        family_section(sink, bundle, palette, "Seed families")  # only when labels are NAME@seedS
+        # only when labels are NAME@seedS
+        result.family_intervals = family_section(sink, bundle, palette, "Seed families")
 
         # 3. Tables
         section(2)
