@@ -6,7 +6,7 @@ CUDA, no package registry; see docs/gpu.md), rehearsed on CPU with ``--quick`` (
 1. Installs the carried wheels (``.whl/``, made by ``make gpu-wheels``; only those whose tags fit this
    interpreter) and a copy of this working tree's package into a temporary target, which goes first
    on ``PYTHONPATH`` for the next steps; checks that robustbench_lta, torchattacks, foolbox,
-   pydantic and pypdf import from it.
+   pydantic, pypdf and pyautoattack (the authors' AutoAttack) import from it.
 2. ``pytest -m cuda`` (tests/test_cuda.py: AMP, channels_last, torch.compile, CPU = CUDA sweeps;
    all skipped without CUDA).
 3. Timings, in a child process: one CIFAR-10 epoch (two are run, the second is the figure) of
@@ -40,7 +40,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-NEEDED = ("robustbench_lta", "torchattacks", "foolbox", "pydantic", "pypdf")
+#: What the check imports that the GPU image lacks (carried as wheels; tests/test_gpu_carry.py
+#: holds this list, the Makefile's GPU_WHEELS and the package's imports against each other).
+NEEDED = ("robustbench_lta", "torchattacks", "foolbox", "pydantic", "pypdf", "pyautoattack")
 ATT, BASE = "vgg16_att3_concat_pc", "vgg16"
 FGSM_EPS = [k / 255 for k in range(1, 9)]
 PGD_EPS = [2 / 255, 4 / 255, 6 / 255, 8 / 255]

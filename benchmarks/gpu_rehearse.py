@@ -48,7 +48,7 @@ tensorboard-data-server tensorstore threadpoolctl tifffile tiktoken timm tokeniz
 torchaudio torchdiffeq torch-geometric torchmetrics torchvision tqdm transformers treescope triton typer
 typing-extensions typing-inspect urllib3 uvloop wadler-lindig werkzeug wheel wrapt xarray xxhash yarl
 zipp""".split())
-MISSING = ("torchattacks", "foolbox", "pydantic", "pypdf")
+MISSING = ("torchattacks", "foolbox", "pydantic", "pypdf", "pyautoattack")
 #: Not on the image, linked anyway: requests here is 2.25 (torchattacks pins ~=2.25), which needs
 #: chardet; the image's newer requests uses charset-normalizer (on its list) instead.
 LOCAL_STAND_INS = {"chardet"}

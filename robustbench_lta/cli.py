@@ -167,27 +167,33 @@ def train_cmd(config: str, overrides: tuple[str, ...], out: str | None, ddp: boo
             cfg.seeds = [int(s) for s in seeds.replace(" ", "").split(",") if s != ""] or None
         except ValueError:
             raise UserError(f"--seeds {seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
-    if cfg.seeds:
-        from .training.family import train_family
+    # the process group first: under torchrun a family is trained seed after seed, each run data-parallel
+    # over the ranks (not the whole family once per rank into the same folders)
+    ctx = distributed.init_from_env(cfg.device, required=ddp)
+    is_main = ctx is None or ctx.is_main
+    ok = False
+    try:
+        if is_main:
+            click.echo(_setup_line("train", ctx.device(cfg.device) if ctx else cfg.device, cfg.amp,
+                                   cfg.channels_last, ddp=ctx))
+        if cfg.seeds:
+            from .training.family import train_family
 
-        fam = train_family(cfg)
+            fam = train_family(cfg)
+        else:
+            result = train(cfg)
+        ok = True
+    finally:
+        distributed.teardown(ctx, ok)
+    if not is_main:
+        return
+    if cfg.seeds:
         accs = ", ".join(f"seed {s}: {a:.2%}" for s, a in zip(fam.seeds, fam.best_accs, strict=True))
         click.echo(f"family {fam.name} ({len(fam.seeds)} seeds) in {fam.out_dir}: chosen-epoch test accuracy "
                    f"{accs}")
         return
-    ctx = distributed.init_from_env(cfg.device, required=ddp)
-    ok = False
-    try:
-        if ctx is None or ctx.is_main:
-            click.echo(_setup_line("train", ctx.device(cfg.device) if ctx else cfg.device, cfg.amp,
-                                   cfg.channels_last, ddp=ctx))
-        result = train(cfg)
-        ok = True
-    finally:
-        distributed.teardown(ctx, ok)
-    if ctx is None or ctx.is_main:
-        click.echo(f"test accuracy {result.test_acc:.2%} (chosen epoch {result.best_epoch}, measured once); "
-                   f"checkpoint {result.best_path}")
+    click.echo(f"test accuracy {result.test_acc:.2%} (chosen epoch {result.best_epoch}, measured once); "
+               f"checkpoint {result.best_path}")
 
 
 def _setup_line(command: str, device: Any, amp: str, channels_last: bool, compile_: bool = False,

@@ -51,6 +51,13 @@ class DistContext:
         """The training device of this rank: ``auto``/``cuda`` become ``cuda:LOCAL_RANK``."""
         if self.backend == "nccl" and requested == "cpu":
             raise UserError("device cpu with an NCCL process group: set device: cuda, or launch on CPUs")
+        explicit = torch.device(requested) if requested not in ("auto", "cpu") else None
+        if explicit is not None and explicit.type == "cuda" and explicit.index is not None:
+            # one fixed index would put every rank on the same GPU
+            raise UserError(
+                f"device {requested} under torchrun: each process takes cuda:LOCAL_RANK; set device: cuda "
+                "and choose the GPUs with CUDA_VISIBLE_DEVICES"
+            )
         dev = resolve_device("cuda" if requested == "auto" and self.backend == "nccl" else requested)
         if dev.type == "cuda" and dev.index is None:
             dev = torch.device("cuda", self.local_rank)

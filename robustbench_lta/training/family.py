@@ -81,19 +81,25 @@ def _write_family_file(root: Path, name: str, config: TrainConfig, done: dict[in
 
 def train_family(config: TrainConfig, progress: bool = True) -> FamilyResult:
     """Train ``config`` once per seed into ``<out>/seed<S>``; resumable (each seed run resumes itself)."""
+    from . import distributed
     from .trainer import train  # here, not at import: trainer pulls in data and torch settings
 
     configs = seed_configs(config)
     root = family_dir(config)
     name = configs[0].family or root.name
-    root.mkdir(parents=True, exist_ok=True)
+    ddp = distributed.current()
+    writes = ddp is None or ddp.is_main  # under DDP rank 0 alone writes, as in the trainer
+    if writes:
+        root.mkdir(parents=True, exist_ok=True)
     result = FamilyResult(name=name, out_dir=root, seeds=[c.seed for c in configs])
     done: dict[int, Any] = {}
-    _write_family_file(root, name, config, done)
+    if writes:
+        _write_family_file(root, name, config, done)
     for cfg in configs:
         done[cfg.seed] = train(cfg, progress=progress)
         result.results.append(done[cfg.seed])
-        _write_family_file(root, name, config, done)
+        if writes:
+            _write_family_file(root, name, config, done)
     return result
 
 

@@ -46,6 +46,7 @@ from torch import nn
 
 from ..config import TrainConfig, apply_threads
 from ..data.registry import ImageDataset, load_dataset
+from ..devices import amp_dtype, needs_pinned_copy, same_device, to_device
 from ..discovery import load_plugins
 from ..errors import UserError
 from ..models.registry import create_model, model_info
@@ -157,11 +158,8 @@ def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
         if config.amp in ("bf16", "fp16"):
             warnings.warn(f"amp={config.amp} is for CUDA; training on {device} in float32", stacklevel=3)
         return None
-    if config.amp == "off":
-        return None
-    if config.amp == "bf16" or (config.amp == "auto" and torch.cuda.is_bf16_supported()):
-        return torch.bfloat16
-    return torch.float16
+    # bf16 for `auto` only where it is native (Ampere+): is_bf16_supported() also counts emulation
+    return amp_dtype(config.amp, device)
 
 
 def _lr_lambda(steps_per_epoch: int, config: TrainConfig) -> Any:
@@ -178,28 +176,32 @@ def _lr_lambda(steps_per_epoch: int, config: TrainConfig) -> Any:
 
 
 class _Batches:
-    """uint8 images + labels on the device (or pinned on the host when too big), gathered per batch."""
+    """uint8 images + labels on the device (or pinned on the host when too big), gathered per batch.
+
+    Whether the split is resident on the device is decided once with ``devices.same_device``: a
+    tensor moved to ``cuda`` reports ``cuda:0``, and ``torch.device("cuda:0") == torch.device("cuda")``
+    is False, which once sent resident CUDA data down the pinned-host path (``pin_memory`` raises there).
+    """
 
     def __init__(self, dataset: ImageDataset, device: torch.device) -> None:
         self.device = device
         images, labels = dataset.images, dataset.labels
         if device.type == "cuda":
             if images.numel() * images.element_size() <= DEVICE_DATA_LIMIT_BYTES:
-                images = images.pin_memory().to(device, non_blocking=True)
-                labels = labels.pin_memory().to(device, non_blocking=True)
-            else:
+                images, labels = to_device(images, device), to_device(labels, device)
+            elif needs_pinned_copy(images.device, device):
                 images, labels = images.pin_memory(), labels.pin_memory()
         self.images, self.labels = images, labels
+        self.resident = same_device(images.device, device)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     def get(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.images.device == self.device:
-            index = index.to(self.device, non_blocking=True)
+        if self.resident:
+            index = index.to(self.images.device, non_blocking=True)
             return self.images[index], self.labels[index]
-        x, y = self.images[index].pin_memory(), self.labels[index].pin_memory()
-        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        return to_device(self.images[index], self.device), to_device(self.labels[index], self.device)
 
 
 def _to_float(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -545,7 +547,10 @@ def _train(
         )
         raise
 
-    if tested.get("epoch") != best_epoch and best_epoch > 0:
+    # under DDP only rank 0 holds the current selection and writes: the other ranks skipped the
+    # per-epoch bookkeeping, so their best_epoch is the resumed one and testing there would race rank 0
+    is_main = ddp is None or ddp.is_main
+    if is_main and tested.get("epoch") != best_epoch and best_epoch > 0:
         tested = _test_chosen_epoch(model, test_data, eval_bs, channels_last, out_dir, tested, best_epoch)
         with defer_keyboard_interrupt():
             state = json.loads((out_dir / f"{STATE_NAME}.json").read_text())
