@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 from ..config import DataSpec, SweepConfig
 from ..data.registry import ImageDataset, load_dataset
+from ..devices import module_device
 from ..errors import UserError
 from .models import LoadedModel, card_data_spec
 
@@ -213,9 +214,11 @@ def _data_fingerprint_base(spec: DataSpec) -> dict[str, Any]:
 
 
 def _output_width(module: nn.Module, x: torch.Tensor) -> int:
+    """Outputs of ``module`` on the probe ``x``, run where the module lives: a caller may hand
+    run_sweep a module already on the GPU, and a CPU probe would crash it."""
     module.eval()
     with torch.inference_mode():
-        return int(module(x.float()).shape[1])
+        return int(module(x.to(device=module_device(module), dtype=torch.float32)).shape[1])
 
 
 def _check_cards(models: list[LoadedModel], classes: Sequence[str], size: tuple[int, int], data: str,

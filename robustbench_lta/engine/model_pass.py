@@ -63,7 +63,7 @@ def _first_correct(pm: PreparedModel, source: SampleSource, want: int, batch_siz
     flags = [] if known is None else [np.asarray(known, dtype=bool)]
     at = 0 if known is None else len(known)
     found = 0 if known is None else int(known.sum())
-    with torch.inference_mode():
+    with torch.inference_mode(), pm.model.float32():  # float32, as the units' clean pass it continues
         while found < want and at < source.n:
             positions = np.arange(at, min(source.n, at + batch_size))
             for _pos, x, y in source.batches(positions, batch_size, pm.device):
@@ -101,7 +101,7 @@ def run_model_pass(pm: PreparedModel, source: SampleSource, settings: ModelPassS
         probe = get_attack("pgd-linf", seed=derive_seed(settings.seed, pm.loaded.sha256, "probe"),
                            steps=PROBE_STEPS)
         adv = probe.perturb(pm.model, xc[:n], yc[:n], LARGE_EPS)
-        with torch.inference_mode():
+        with torch.inference_mode(), pm.model.float32():  # a counted prediction: float32, as in units
             acc = float((pm.model(adv).argmax(1) == yc[:n]).float().mean())
         rows.append(large_eps_row(pm.label, acc, LARGE_EPS, pm.num_classes))
     figure = None
@@ -122,7 +122,7 @@ def _figure_arrays(pm: PreparedModel, source: SampleSource, plan: AttackPlan, po
     else:
         advs = [x.clone() if e == 0 else attack.perturb(pm.model, x, y, e) for e in plan.eps]
     pm.model.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), pm.model.float32():  # the maps and predictions the units record
         clean_logits, clean_maps = pm.model.logits_and_maps(x)
         adv_preds, adv_maps = [], []
         for a in advs:

@@ -15,10 +15,12 @@
 from __future__ import annotations
 
 import copy
+import gc
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -85,18 +87,45 @@ def _eps_tag(eps: float) -> str:
     return "inf" if math.isinf(eps) else repr(float(eps))
 
 
-def _split_on_oom(fn: Callable[[torch.Tensor, torch.Tensor], list[torch.Tensor]], x: torch.Tensor,
-                  y: torch.Tensor) -> list[torch.Tensor]:
-    """Run ``fn`` on the batch; on CUDA out-of-memory, on both halves (recursively) and join."""
-    try:
-        return fn(x, y)
-    except torch.cuda.OutOfMemoryError:
-        if len(x) == 1:
-            raise
+def _free_accelerator_memory() -> None:
+    gc.collect()  # frames of the failed call caught in reference cycles hold its tensors too
+    if torch.cuda.is_available():
         torch.cuda.empty_cache()
-        h = len(x) // 2
-        a, b = _split_on_oom(fn, x[:h], y[:h]), _split_on_oom(fn, x[h:], y[h:])
-        return [torch.cat([p, q]) for p, q in zip(a, b, strict=True)]
+
+
+def _split_on_oom(fn: Callable[..., list[torch.Tensor]], *parts: Any) -> list[torch.Tensor]:
+    """``fn(*parts)``; on CUDA out-of-memory, ``fn`` on both halves of every part (recursively), joined.
+
+    ``parts`` are batch-aligned (tensors, position arrays): each half gets its own positions, so an
+    attack seeded from its first sample position draws a half's own random start. The halves run
+    outside the ``except`` block: while it is active, the exception's traceback keeps the failed
+    call's frames alive, and with them its activations and autograd graph, so halving would free
+    little and end at batch size 1. A batch of one that runs out of memory raises.
+    """
+    n = len(parts[0])
+    try:
+        return fn(*parts)
+    except torch.cuda.OutOfMemoryError:
+        if n <= 1:
+            raise
+    # past the handler: the exception, its traceback and the failed call's tensors are released
+    _free_accelerator_memory()
+    h = n // 2
+    first = _split_on_oom(fn, *[p[:h] for p in parts])
+    second = _split_on_oom(fn, *[p[h:] for p in parts])
+    return [torch.cat([a, b]) for a, b in zip(first, second, strict=True)]
+
+
+def _predict(pm: PreparedModel, x: torch.Tensor, with_maps: bool) -> list[torch.Tensor]:
+    """``[predicted class, *attention maps]`` of a batch, in float32 whatever the sweep's ``amp`` (the
+    counted predictions never depend on the attack's precision), halving the batch on out-of-memory."""
+    def run(xb: torch.Tensor) -> list[torch.Tensor]:
+        with torch.inference_mode(), pm.model.float32():
+            if with_maps:
+                logits, maps = pm.model.logits_and_maps(xb)
+                return [logits.argmax(1), *maps]
+            return [pm.model(xb).argmax(1)]
+    return _split_on_oom(run, x)
 
 
 @dataclass
@@ -126,14 +155,12 @@ def clean_pass(pm: PreparedModel, source: SampleSource, positions: np.ndarray, b
     with torch.inference_mode():
         for _pos, x, y in source.batches(positions, batch_size, pm.device):
             size = (int(x.shape[-2]), int(x.shape[-1]))
+            pred, *maps = _predict(pm, x, with_maps)
             if with_maps:
-                logits, maps = pm.model.logits_and_maps(x)
                 parts.append(maps)
-            else:
-                logits = pm.model(x)
             k = len(x)
             label[done:done + k] = y.cpu().numpy()
-            clean_pred[done:done + k] = logits.argmax(1).cpu().numpy()
+            clean_pred[done:done + k] = pred.cpu().numpy()
             done += k
     if m and int(label.max()) >= pm.num_classes:
         raise UserError(f"model '{pm.label}' has {pm.num_classes} outputs but the data has labels up to "
@@ -209,12 +236,8 @@ def run_attack_unit(pm: PreparedModel, source: SampleSource, unit: Unit, setting
             where = "" if math.isinf(eps) else f"eps {eps * 255:.4g}/255: "
             raise InvalidBatch(where + str(v.reason))
         xa = to_engine_layout(xa)
-        with torch.inference_mode():
-            if drift:
-                logits, maps = pm.model.logits_and_maps(xa)
-            else:
-                logits = pm.model(xa)
-        pred = logits.argmax(1).cpu().numpy()
+        pred_t, *maps = _predict(pm, xa, drift)
+        pred = pred_t.cpu().numpy()
         rel = pos - unit.start
         rec.record(k, rel, pred, v.norms.cpu().double().numpy(), shard.label)
         if drift:
@@ -233,10 +256,13 @@ def run_attack_unit(pm: PreparedModel, source: SampleSource, unit: Unit, setting
         if plan.multi_eps and plan.bounded:
             t1, w1 = time.perf_counter(), pm.model.work()
             todo = shard.positions[shard.correct]
+
+            def attack_many(a: torch.Tensor, b: torch.Tensor, p: np.ndarray) -> list[torch.Tensor]:
+                attack.seed = seed_for("multi", p)  # per OOM half: its own first position
+                return list(attack.perturb_many(pm.model, a, b, list(chain)))
+
             for pos, x, y in source.batches(todo, settings.batch_size, pm.device):
-                attack.seed = seed_for("multi", pos)
-                advs = _split_on_oom(lambda a, b: list(attack.perturb_many(pm.model, a, b, list(chain))),
-                                     x, y)
+                advs = _split_on_oom(attack_many, x, y, pos)
                 check_mode()
                 if not isinstance(advs, list) or len(advs) != E:
                     raise InvalidBatch(f"returned {len(advs) if isinstance(advs, list) else 'no list of'} "
@@ -254,6 +280,10 @@ def run_attack_unit(pm: PreparedModel, source: SampleSource, unit: Unit, setting
                     on_batch(len(pos))
             account(0, t1, w1)
         else:
+            def attack_one(a: torch.Tensor, b: torch.Tensor, p: np.ndarray, eps: float) -> list[torch.Tensor]:
+                attack.seed = seed_for(_eps_tag(eps), p)  # per OOM half: its own first position
+                return [attack.perturb(pm.model, a, b, eps)]
+
             failed_at: tuple[str, str] | None = None
             for k, eps in enumerate(chain):
                 if failed_at is not None:
@@ -267,9 +297,7 @@ def run_attack_unit(pm: PreparedModel, source: SampleSource, unit: Unit, setting
                         if plan.bounded and eps == 0:
                             advs = [x.clone()]  # the only perturbation within a zero budget is none
                         else:
-                            attack.seed = seed_for(_eps_tag(eps), pos)
-                            advs = _split_on_oom(
-                                lambda a, b, e=eps: [attack.perturb(pm.model, a, b, e)], x, y)
+                            advs = _split_on_oom(partial(attack_one, eps=eps), x, y, pos)
                             check_mode()
                         evaluate(k, pos, x, y, advs[0])
                         if on_batch:

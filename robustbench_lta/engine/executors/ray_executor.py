@@ -2,7 +2,8 @@
 
 Needs ``pip install 'robustbench-lta[ray]'``. ``--ray-address`` (or ``RAY_ADDRESS``) joins a cluster;
 without one a local Ray instance is started. Each task asks for ``ray_cpus_per_task`` CPUs and, when
-the cluster has GPUs, ``ray_gpus_per_task`` GPUs (default 1), so Ray pins it to its own device.
+it runs on CUDA (``device: auto`` on a cluster with GPUs, or ``cuda``/``cuda:N``),
+``ray_gpus_per_task`` GPUs (default 1), so Ray pins it to its own device; ``device: cpu`` reserves none.
 A worker process keeps the model it last loaded (and the samples): consecutive units of one model
 on one worker load it once. Workers write unit files into the results folder, which must be on
 storage every worker can reach; only the driver writes tables and the manifest.
@@ -87,6 +88,29 @@ def _run_model_pass(cfg_json: dict[str, Any], model_index: int, key: str, settin
     return lm.label
 
 
+def _gpus_per_task(cfg_device: str, requested: int | float | None, cluster_gpus: float,
+                   cuda_available: bool) -> int | float:
+    """GPUs each Ray task reserves: only a task that runs on CUDA holds one.
+
+    ``cfg_device`` is the sweep's ``device``; ``auto`` means CUDA when the cluster has GPUs (a worker
+    sees a GPU only once it has reserved one) or this machine has CUDA. ``requested`` is
+    ``ray_gpus_per_task`` (None: 1 when the cluster has GPUs). ``cpu`` (or any other device) never
+    reserves a GPU: a CPU task holding one would keep GPU tasks waiting for nothing.
+    """
+    kind = str(cfg_device).strip().lower().split(":", 1)[0]
+    if kind == "cuda":
+        on_cuda = True
+    elif kind == "auto":
+        on_cuda = cluster_gpus > 0 or cuda_available
+    else:
+        on_cuda = False
+    if not on_cuda:
+        return 0
+    if requested is not None:
+        return requested
+    return 1 if cluster_gpus > 0 else 0
+
+
 def run_units_on_ray(sweep: Any, store: ResultStore, pending: Any, progress: bool = True
                      ) -> dict[str, list[tuple[int, int, dict[str, Any]]]]:
     try:
@@ -105,9 +129,10 @@ def run_units_on_ray(sweep: Any, store: ResultStore, pending: Any, progress: boo
         ray.init(address=cfg.ray_address, ignore_reinit_error=True, log_to_driver=False,
                  include_dashboard=False)
     try:
-        gpus = cfg.ray_gpus_per_task
-        if gpus is None:
-            gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+        import torch
+
+        gpus = _gpus_per_task(cfg.device, cfg.ray_gpus_per_task, float(ray.cluster_resources().get("GPU", 0)),
+                              torch.cuda.is_available())
         opts = {"num_cpus": cfg.ray_cpus_per_task, "num_gpus": gpus, "max_retries": 3}
         unit_task = ray.remote(_run_unit).options(**opts)
         pass_task = ray.remote(_run_model_pass).options(**opts)
