@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from pydantic import Field
 from torch import nn
@@ -11,7 +13,7 @@ from robustbench_lta.plugins import (
     AttackKind,
     AttackParams,
     ThreatModel,
-    projected_gradient_ascent,
+    pgd,
     register_attack,
 )
 
@@ -35,6 +37,8 @@ class PGDLinf(Attack):
         alpha (float or None): step size; None means ``2.5 * eps / steps``. (Default: None)
         restarts (int): random restarts, best kept per sample. (Default: 1)
         random_start (bool): start at a random point of the ball instead of x. (Default: True)
+        keep (str): ``best`` (above) or ``last``: every sample takes every step and the last
+            iterate is returned, as adversarial training generates it. (Default: best)
 
     Shape:
         - x: :math:`(N, C, H, W)` floats in [0, 1]; y: :math:`(N)` int64.
@@ -52,26 +56,16 @@ class PGDLinf(Attack):
         alpha: float | None = Field(None, gt=0, description="step size; None: 2.5 * eps / steps")
         restarts: int = Field(1, ge=1, description="random restarts, best kept per sample")
         random_start: bool = Field(True, description="start at a random point of the ball")
+        keep: Literal["best", "last"] = Field(
+            "best", description="best: per sample the first fooling (else highest-loss) iterate, the "
+            "evaluation default; last: every step on every sample, the last iterate (Madry et al.; what "
+            "adversarial training generates)")
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
-        eps = float(eps)
-        if eps <= 0:
-            return x.detach().clone()
-        steps = int(self.params["steps"])
-        alpha = float(self.params["alpha"]) if self.params["alpha"] is not None else 2.5 * eps / max(steps, 1)
-        gen = self.generator(x.device)
-        x = x.detach()
-
-        def draw_start():
-            noise = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-            if not self.params["random_start"]:
-                return lambda idx: x[idx].clone()
-            return lambda idx: (x[idx] + (2 * noise[idx] - 1) * eps).clamp(0.0, 1.0)
-
-        def step(x_adv: torch.Tensor, x0: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-            x_adv = x_adv + alpha * grad.sign()
-            return torch.max(torch.min(x_adv, x0 + eps), x0 - eps).clamp(0.0, 1.0)
-
-        return projected_gradient_ascent(
-            model, x, y, steps=steps, restarts=int(self.params["restarts"]), draw_start=draw_start, step=step
+        # the one PGD (robustbench_lta.pgd) that adversarial training also runs (there keep="last")
+        return pgd(
+            model, x, y, norm="linf", eps=float(eps), steps=int(self.params["steps"]),
+            alpha=self.params["alpha"], restarts=int(self.params["restarts"]),
+            random_start=bool(self.params["random_start"]), generator=self.generator(x.device),
+            keep=self.params["keep"],
         )

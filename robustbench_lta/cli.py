@@ -200,26 +200,21 @@ def _setup_line(command: str, device: Any, amp: str, channels_last: bool, compil
                 ddp: Any = None) -> str:
     """``train``/``sweep``: which device, precision and memory format the run uses, in one line.
 
-    Mirrors the rules of the trainer (AMP and NHWC on CUDA only) and the engine (NHWC everywhere;
-    autocast for attack forwards on CUDA only, default off).
+    The precision is the trainer's and the engine's own rule (``devices.amp_note``: bf16 where it is
+    native and, on a CPU, measured faster; fp16 on older GPUs); NHWC on CUDA and CPU alike.
     """
-    import torch
-
+    from .devices import amp_note
     from .utils import device_description, resolve_device
 
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
-    if not cuda or amp == "off":
-        precision = "float32"
-    elif amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
-        precision = "bf16 autocast"
-    else:
-        precision = "fp16 autocast" + (" + grad scaler" if command == "train" else "")
-    nhwc = channels_last and (cuda or command == "sweep")
+    precision = amp_note(amp, dev)
+    if command == "train" and "fp16" in precision and cuda:
+        precision += " + grad scaler"
     extras = [", torch.compile" if compile_ and cuda else "",
               f", DDP x{ddp.world_size} ({ddp.backend})" if ddp is not None else ""]
-    return (f"{command}: device {device_description(dev)}, {precision}, "
-            f"{'channels_last (NHWC)' if nhwc else 'NCHW'}{''.join(extras)}")
+    return (f"{command}: device {device_description(dev)}, amp {precision}, "
+            f"{'channels_last (NHWC)' if channels_last else 'NCHW'}{''.join(extras)}")
 
 
 # ------------------------------------------------------------------------------------ attacks

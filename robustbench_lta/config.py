@@ -80,6 +80,65 @@ class AugmentSpec(_Strict):
     )
 
 
+class AdversarialSpec(_Strict):
+    """The training threat model (docs/training.md, "Adversarial training"); ``method: none`` trains on
+    clean images. Budgets are in ``eps_scale`` units like a sweep's eps (8 = 8/255)."""
+
+    method: Literal["none", "pgd", "trades", "fgsm-rs"] = Field(
+        "none", description="none; pgd (Madry et al. 2018, PGD-AT); trades (Zhang et al. 2019); fgsm-rs "
+        "(Wong et al. 2020: FGSM from a random start, step 1.25 eps)"
+    )
+    norm: Literal["linf", "l2"] = Field("linf", description="the perturbation's norm")
+    eps: float = Field(8.0, ge=0, allow_inf_nan=False, description="budget, in eps_scale units (8 = 8/255)")
+    eps_scale: float = Field(
+        255.0, gt=0, allow_inf_nan=False, description="eps and step_size are divided by this"
+    )
+    step_size: float | None = Field(
+        None, gt=0, allow_inf_nan=False,
+        description="step, in eps_scale units; default eps/4 for pgd and trades, 1.25 eps for fgsm-rs"
+    )
+    steps: int = Field(10, ge=1, description="attack steps per training batch (pgd, trades; fgsm-rs: 1)")
+    beta: float = Field(6.0, ge=0, allow_inf_nan=False, description="TRADES: weight of the robustness term")
+    eval_every: int = Field(
+        1, ge=1, description="robust validation accuracy every this many epochs (and the last)"
+    )
+    eval_steps: int = Field(10, ge=1, description="PGD steps of the robust validation attack")
+    eval_n: int = Field(1000, ge=1, description="validation images the robust accuracy is measured on")
+    collapse_ratio: float = Field(
+        0.5, gt=0, lt=1, description="catastrophic overfitting: validation PGD accuracy below this share of "
+        "its best so far while validation FGSM accuracy rises"
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.method != "none"
+
+    @property
+    def eps01(self) -> float:
+        """The budget on the [0,1] scale."""
+        return self.eps / self.eps_scale
+
+    @property
+    def step01(self) -> float:
+        """The training attack's step on the [0,1] scale."""
+        if self.step_size is not None:
+            return self.step_size / self.eps_scale
+        return self.eps01 * (1.25 if self.method == "fgsm-rs" else 0.25)
+
+    @property
+    def train_steps(self) -> int:
+        return 1 if self.method == "fgsm-rs" else self.steps
+
+    def label(self) -> str:
+        """``PGD-AT, Linf 8/255`` as the report and the card's summary say it."""
+        name = {"pgd": "PGD-AT", "trades": f"TRADES (beta {self.beta:g})", "fgsm-rs": "FGSM-RS (fast AT)"}
+        if not self.enabled:
+            return "standard (no adversarial training)"
+        norm = "Linf" if self.norm == "linf" else "L2"
+        scale = "" if self.eps_scale == 1 else f"/{self.eps_scale:g}"
+        return f"{name[self.method]}, {norm} {self.eps:g}{scale}"
+
+
 class TrainConfig(_Strict):
     """One training run. Defaults follow the paper's CIFAR recipe where it has one."""
 
@@ -92,6 +151,15 @@ class TrainConfig(_Strict):
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (Nesterov off)")
     weight_decay: float = Field(5e-4, ge=0, description="L2 weight decay")
     lr_step_epochs: int = Field(25, gt=0, description="multiply lr by lr_gamma every this many epochs")
+    lr_schedule: Literal["step", "onecycle"] = Field(
+        "step", description="step: the paper's decay by lr_gamma every lr_step_epochs (after warmup); "
+        "onecycle: linear from 0 up to lr at 2/5 of the epochs, then down to 0 (Wong et al. 2020's "
+        "cyclic schedule; short CPU recipes)"
+    )
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing")
+    adversarial: AdversarialSpec = Field(
+        default_factory=AdversarialSpec, description="the training threat model (adversarial training)"
+    )
     lr_gamma: float = Field(0.5, gt=0, le=1, description="the step decay factor of the learning rate")
     warmup_epochs: int = Field(0, ge=0, description="linear learning-rate warm-up over this many epochs")
     seed: int = Field(0, description="seeds initialisation, batch order and augmentation")
@@ -103,9 +171,13 @@ class TrainConfig(_Strict):
                                "(set by training/family.py; default: the out folder's name)")
     device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     amp: Literal["auto", "bf16", "fp16", "off"] = Field(
-        "auto", description="mixed precision on CUDA (auto: bf16 where supported, else fp16); CPU: float32"
+        "auto", description="mixed precision. auto: bf16 where the hardware has it natively (CUDA Ampere+, "
+        "a CPU with AMX or AVX512-BF16), else fp16 on CUDA and float32 on CPU; bf16: also on any CPU; "
+        "fp16: CUDA only (with a grad scaler); off: float32. The card records which ran"
     )
-    channels_last: bool = Field(True, description="NHWC memory layout on CUDA (ignored on CPU)")
+    channels_last: bool = Field(
+        True, description="NHWC memory layout (CUDA and CPU: oneDNN's NHWC convolutions train faster)"
+    )
     num_workers: int = Field(0, ge=0, description="unused: batches are gathered on the device")
     eval_every: int = Field(1, gt=0, description="test accuracy every this many epochs (and the last)")
     threads: int | None = Field(None, ge=1, description=_THREADS_HELP)
@@ -230,7 +302,8 @@ class SweepConfig(_Strict):
         64, ge=0, description="samples for the model checks and the large-eps probe (0: skip the probe)"
     )
     amp: Literal["auto", "bf16", "fp16", "off"] = Field(
-        "off", description="autocast for attack forwards on CUDA (verification always in float32)"
+        "off", description="autocast for attack forwards (auto: bf16 where the GPU or CPU has it natively, "
+        "else fp16 on CUDA; fp16 loss-scaled); predictions and verification always in float32"
     )
     channels_last: bool = Field(
         True,
@@ -248,7 +321,8 @@ class SweepConfig(_Strict):
         "a finished results folder")
     ray_address: str | None = Field(None, description="Ray cluster address (default: RAY_ADDRESS or local)")
     ray_gpus_per_task: float | None = Field(
-        None, ge=0, description="GPUs each Ray task asks for (default: 1 when the cluster has GPUs, else 0)")
+        None, ge=0, description="GPUs each Ray task asks for when it runs on CUDA (default: 1 when the "
+        "cluster has GPUs, else 0; device cpu: always 0)")
     ray_cpus_per_task: float = Field(1, gt=0, description="CPUs each Ray task asks for")
     out: str | None = Field(
         None, description="results folder (CLI default results/<config name>; API: a temporary folder)"

@@ -63,9 +63,9 @@ def test_amp_training_runs(tmp_path: Path, amp: str) -> None:
 
 def test_pinned_host_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The path for splits too big for the GPU: pinned host memory, non-blocking copies per batch."""
-    from robustbench_lta.training import trainer
+    from robustbench_lta.training import batches, trainer
 
-    monkeypatch.setattr(trainer, "DEVICE_DATA_LIMIT_BYTES", 0)
+    monkeypatch.setattr(batches, "DEVICE_DATA_LIMIT_BYTES", 0)
     result = trainer.train(_train_cfg(tmp_path / "pinned", "off", epochs=1), progress=False)
     assert np.isfinite(result.history[0]["train_loss"]) and np.isfinite(result.test_acc)
 

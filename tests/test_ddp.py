@@ -62,7 +62,8 @@ def _worker(rank: int, world: int, port: int, out: str, dump: str, epochs: int =
 
         distributed.DistContext.wrap = keep
         train(cfg, progress=False)
-        params = {k: v.detach().clone() for k, v in model_holder["m"].named_parameters()}
+        # contiguous: on CPU too the trainer keeps NHWC (channels_last) weights
+        params = {k: v.detach().contiguous() for k, v in model_holder["m"].named_parameters()}
         save_file(params, str(Path(dump) / f"rank{rank}_e{epochs}.safetensors"))
     finally:
         dist.destroy_process_group()

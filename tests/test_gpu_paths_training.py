@@ -72,10 +72,10 @@ class _FakeSplit:
 
 def test_defect1_resident_cuda_split_is_indexed_not_pinned(monkeypatch: pytest.MonkeyPatch) -> None:
     """``resolve_device('cuda')`` has no index; the split moved there reports ``cuda:0``."""
-    from robustbench_lta.training import trainer
+    from robustbench_lta.training.batches import DeviceBatches
 
     monkeypatch.setattr(devices, "_current_index", lambda device_type: 0)
-    batches = trainer._Batches(_FakeSplit(), torch.device("cuda"))
+    batches = DeviceBatches(_FakeSplit(), torch.device("cuda"))
     x, y = batches.get(_FakeIndex())  # 58a4994: pin_memory() on the CUDA copy -> RuntimeError
     assert x.device == torch.device("cuda", 0) and y.device == torch.device("cuda", 0)
 

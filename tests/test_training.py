@@ -22,7 +22,7 @@ from robustbench_lta.models.registry import create_model
 from robustbench_lta.training import checkpoint as ckpt
 from robustbench_lta.training import trainer
 from robustbench_lta.training.checkpoint import load_model, read_card, save_checkpoint
-from robustbench_lta.training.trainer import augment, train
+from robustbench_lta.training.trainer import HISTORY_COLUMNS, augment, train
 from robustbench_lta.utils import sha256_file
 
 ATT_MODEL = "vgg16_att3_concat_pc"
@@ -53,14 +53,14 @@ def _config(out: Path, **overrides) -> TrainConfig:
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory):
-    """The accuracy run: a 1/8-width VGG-16 baseline, 2000 images, 4 epochs (~30 s on 2 idle cores)."""
+    """The accuracy run: a 1/8-width VGG-16 baseline, 2000 images, 6 epochs (~15 s on 2 idle cores)."""
     out = tmp_path_factory.mktemp("train") / "run"
     cfg = _config(
         out,
         model={"name": "vgg16", "width": 0.125},
         data={"n_train": 2000},
         augment={"crop_padding": 0},
-        epochs=4,
+        epochs=6,
         batch_size=32,
         lr=0.01,
         warmup_epochs=0,
@@ -79,16 +79,17 @@ def trained_attention(tmp_path_factory: pytest.TempPathFactory):
 # -------------------------------------------------------------------------------------- training
 def test_training_beats_chance(trained) -> None:
     # 10 classes: chance is 10%. Tiny-width VGG-16 needs a few epochs to take off on the cluttered
-    # digits; this run measured ~0.3-0.37 test accuracy (0.40 after 6 epochs), so 0.2 leaves margin.
+    # digits: after 4 epochs runs measured 0.17-0.29 validation accuracy across seeds and memory
+    # formats (NCHW / NHWC round differently), so the run takes 6 epochs and 0.2 leaves margin.
     assert trained.best_acc > 0.2, trained.history
     assert trained.history[-1]["train_loss"] < trained.history[0]["train_loss"]
-    assert len(trained.history) == 4
+    assert len(trained.history) == 6
     assert trained.best_path.is_file() and trained.last_path.is_file()
     with open(trained.out_dir / "history.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["epoch", "lr", "train_loss", "train_acc", "val_acc", "images_per_s", "seconds"]
+    assert list(rows[0]) == list(HISTORY_COLUMNS)
     assert trained.test_acc > 0.2  # measured once, on the chosen epoch
-    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5, 6]
     assert float(rows[3]["lr"]) == pytest.approx(0.01 * 0.5)  # halved after lr_step_epochs=3
     assert all(float(r["images_per_s"]) > 0 for r in rows)
 
@@ -261,7 +262,9 @@ def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
 def test_keyboard_interrupt_leaves_last_intact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = _resume_config(tmp_path / "run", 2)
     calls = {"n": 0}
-    real = trainer.augment
+    from robustbench_lta.training import run as training_run  # the epoch loop augments each batch
+
+    real = training_run.augment
 
     def interrupt_in_epoch_two(x, generator, padding, flip):
         calls["n"] += 1
@@ -269,10 +272,10 @@ def test_keyboard_interrupt_leaves_last_intact(tmp_path: Path, monkeypatch: pyte
             raise KeyboardInterrupt
         return real(x, generator, padding, flip)
 
-    monkeypatch.setattr(trainer, "augment", interrupt_in_epoch_two)
+    monkeypatch.setattr(training_run, "augment", interrupt_in_epoch_two)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, progress=False)
-    monkeypatch.setattr(trainer, "augment", real)
+    monkeypatch.setattr(training_run, "augment", real)
     assert read_card(tmp_path / "run" / "last.json")["epochs"] == 1
     load_model(tmp_path / "run" / "last.safetensors")
     resumed = train(cfg, progress=False)
@@ -336,7 +339,20 @@ def test_shipped_configs_validate(path: Path) -> None:
 
     cfg = load_config(TrainConfig, path)
     model_info(cfg.model.name)
-    if cfg.data.name in ("cifar10", "cifar100", "svhn"):
+    adv = cfg.adversarial
+    if adv.method == "pgd":  # Rice et al. 2020's PGD-AT recipe
+        recipe = (cfg.epochs, cfg.lr, cfg.lr_step_epochs, cfg.lr_gamma, cfg.weight_decay)
+        assert recipe == (200, 0.1, 100, 0.1, 5e-4)
+        assert (adv.norm, adv.eps01, adv.step01, adv.steps) == ("linf", 8 / 255, 2 / 255, 10)
+        assert cfg.val_fraction > 0 and adv.eval_every == 1
+    elif adv.method == "trades":  # Zhang et al. 2019's CIFAR recipe
+        recipe = (cfg.epochs, cfg.lr, cfg.lr_step_epochs, cfg.lr_gamma, cfg.weight_decay)
+        assert recipe == (100, 0.1, 75, 0.1, 2e-4)
+        assert (adv.eps01, adv.steps, adv.beta) == (8 / 255, 10, 6.0)
+        assert abs(adv.step01 - 0.007) < 1e-9
+    elif adv.method == "fgsm-rs":  # a CPU-scale recipe
+        assert cfg.lr_schedule == "onecycle" and adv.eps01 == 8 / 255
+    elif cfg.data.name in ("cifar10", "cifar100", "svhn"):
         assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.lr_step_epochs, cfg.lr_gamma) == (
             300,
             128,

@@ -8,7 +8,7 @@ Everything a plugin author needs is importable from here::
 from __future__ import annotations
 
 from .base import Attack, AttackKind, AttackParams, ThreatModel, validate_attack_params
-from .iterative import BestIterate, projected_gradient_ascent
+from .iterative import Ball, BestIterate, pgd, projected_gradient_ascent
 from .registry import AttackInfo, discover, get_attack, get_attack_class, list_attacks, register_attack
 from .verify import Verification, perturbation_norms, verify_batch
 
@@ -17,6 +17,7 @@ __all__ = [
     "AttackInfo",
     "AttackKind",
     "AttackParams",
+    "Ball",
     "BestIterate",
     "ThreatModel",
     "Verification",
@@ -25,6 +26,7 @@ __all__ = [
     "get_attack_class",
     "list_attacks",
     "perturbation_norms",
+    "pgd",
     "projected_gradient_ascent",
     "register_attack",
     "validate_attack_params",

@@ -33,6 +33,7 @@ from .protocol import model_cards, selection_notes, strong_attack_config
 from .published import published_section
 from .sections import SECTIONS, _title, attention_section, sanity_section, table_section
 from .tables import all_tables, sanity_table, write_table
+from .threat import budget_warnings, threat_summary
 from .verdict import compute_verdict
 from .verdict_text import verdict_text
 
@@ -84,11 +85,18 @@ def _attack_lines(bundle: ResultsBundle) -> list[str]:
     return [lines[k] for k in sorted(lines)]
 
 
-def _summary_text(bundle: ResultsBundle, verdict: dict[str, Any], warnings: list[str]) -> str:
+def _summary_text(
+    bundle: ResultsBundle, verdict: dict[str, Any], warnings: list[str], threat_notes: list[str] | None = None
+) -> str:
     s = bundle.summary
     cards = model_cards(bundle.manifests, bundle.model_folder)
     compute = compute_warning(bundle)  # compared models differing > 2x in compute
-    caveats = verdict.get("caveats", []) + selection_notes(cards) + ([compute] if compute else [])
+    caveats = (
+        verdict.get("caveats", [])
+        + selection_notes(cards)
+        + list(threat_notes or [])  # evaluated beyond the training threat model: low accuracy expected
+        + ([compute] if compute else [])
+    )
     parts: list[str] = ["READ FIRST", *[f"  - {c}" for c in caveats], ""] if caveats else []
     parts += ["VERDICT", verdict_text(verdict, caveats=False), "", "WHAT WAS COMPARED"]
     for m in bundle.models:
@@ -97,7 +105,7 @@ def _summary_text(bundle: ResultsBundle, verdict: dict[str, Any], warnings: list
         man = bundle.manifests.get(bundle.model_folder.get(m, ""), {})
         info = (man.get("models") or {}).get(m.split(" [")[0]) or {}
         src = f", from {info['source']}" if info.get("source") else ""
-        sel = f"; {selection_summary(cards[m])}" if m in cards else ""
+        sel = f"; {selection_summary(cards[m])}; {threat_summary(cards[m])}" if m in cards else ""
         parts.append(
             f"  {m}: {att}; {len(d)} result rows; folder {bundle.model_folder.get(m, '?')}{src}{sel}"
         )
@@ -249,10 +257,11 @@ def _render(
 
         # 1. Summary: derived data first, so the summary's list of what is missing is complete
         pre = _precompute(bundle, warnings)
+        threat_notes = budget_warnings(model_cards(bundle.manifests, bundle.model_folder), bundle.summary)
         section(0)
         sink.text_pages(
             f"{_title(0)}: {doc_title}",
-            _summary_text(bundle, verdict, warnings),
+            _summary_text(bundle, verdict, warnings, threat_notes),
             subtitle=f"Generated {datetime.now().astimezone():%Y-%m-%d %H:%M %Z} by robustbench-lta "
             f"{_version()} from {', '.join(str(f) for f in bundle.folders)}",
             width=140,
@@ -320,7 +329,8 @@ def _render(
     (files / "verdict.json").write_text(
         json.dumps({k: v for k, v in verdict.items()}, indent=1, default=_json_default)
     )
-    result.warnings = warnings + result.warnings  # the attention section adds its own
+    # page 1 shows the threat notes under READ FIRST (not as missing pieces); callers get them here too
+    result.warnings = warnings + result.warnings + threat_notes  # the attention section adds its own
     return result
 
 

@@ -82,6 +82,14 @@ def selection_section(
     }
 
 
+def unwrap_card(card: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The project checkpoint's own card: a resolved source's card (as the sweep's manifest stores it)
+    wraps it under ``details``; a card without ``details`` (older manifests, nn.Module specs) is itself."""
+    if card and isinstance(card.get("details"), dict) and card["details"]:
+        return card["details"]
+    return card
+
+
 def selection_note(card: dict[str, Any] | None, label: str, evaluated_split: str = "test") -> str | None:
     """One sentence when ``label``'s checkpoint may have been chosen on the data it is evaluated on.
 
@@ -90,8 +98,7 @@ def selection_note(card: dict[str, Any] | None, label: str, evaluated_split: str
     section (older trainers chose ``best`` on the test split; outside models say nothing) and
     selection on the evaluated split each give a sentence saying so.
     """
-    if card and isinstance(card.get("details"), dict) and card["details"]:
-        card = card["details"]  # a resolved source's card wraps the project checkpoint's own card
+    card = unwrap_card(card)
     if not card:
         return (
             f"{label}: no model card, so how this checkpoint was chosen is unknown; if it was chosen on "
@@ -121,7 +128,8 @@ def selection_note(card: dict[str, Any] | None, label: str, evaluated_split: str
 
 def selection_summary(card: dict[str, Any] | None) -> str:
     """A short phrase for the report's model list: how the checkpoint was chosen."""
-    sel = (card or {}).get("selection")
+    # the selection section lives in the checkpoint's own card, not in the source wrapper around it
+    sel = (unwrap_card(card) or {}).get("selection")
     if not isinstance(sel, dict):
         return "selection: not recorded"
     if sel.get("split") is None:
