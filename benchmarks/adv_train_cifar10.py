@@ -72,6 +72,21 @@ def train_one(args: argparse.Namespace, root: Path, name: str, adversarial: bool
             "collapsed_epochs": result.collapsed_epochs, "checkpoint": str(result.best_path)}
 
 
+def _row_from_folder(tag: str, folder: Path) -> dict:
+    """The table row of a run trained earlier (its card and history.csv)."""
+    card = json.loads((folder / "best.json").read_text())
+    history = list(csv.DictReader((folder / "history.csv").open()))
+    threat = (card.get("threat_model") or {}).get("label", "standard (no adversarial training)")
+    return {"tag": tag, "model": card["model"]["name"], "threat": threat, "epochs": len(history),
+            "best_epoch": card["selection"].get("epoch"),
+            "train_wall_s": round(sum(float(r["seconds"]) for r in history), 1),
+            "precision": card.get("precision"), "amp": card.get("amp"),
+            "val_clean": card.get("clean_val_accuracy"),
+            "val_robust": card["selection"].get("robust_val_accuracy"),
+            "collapsed_epochs": (card.get("catastrophic_overfitting") or {}).get("epochs", []),
+            "checkpoint": str(folder / "best.safetensors")}
+
+
 def evaluate(args: argparse.Namespace, root: Path, rows: list[dict]) -> None:
     from robustbench_lta.data.registry import load_dataset
 
@@ -112,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only-standard", action="store_true", help="train only without the threat model")
     p.add_argument("--no-autoattack", action="store_true")
     p.add_argument("--no-eval", action="store_true")
+    p.add_argument("--also", action="append", default=[], metavar="LABEL=CHECKPOINT",
+                   help="another trained checkpoint to evaluate beside this run's (repeatable)")
+    p.add_argument("--no-train", action="store_true", help="evaluate the runs already in --out")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--shared", type=Path, default=None)
@@ -128,8 +146,15 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in args.models:
         for adversarial in ([False] if args.only_standard else [True, False] if args.standard else [True]):
-            rows.append(train_one(args, root, name, adversarial))
+            if args.no_train:
+                tag = f"{name}_{args.method if adversarial else 'standard'}"
+                rows.append(_row_from_folder(tag, args.out / tag))
+            else:
+                rows.append(train_one(args, root, name, adversarial))
             print(json.dumps(rows[-1]), flush=True)
+    for extra in args.also:
+        label, _, path = extra.partition("=")
+        rows.append(_row_from_folder(label, Path(path)))
     if not args.no_eval:
         evaluate(args, root, rows)
     print(f"\nCPU: {cpu_name()}; CIFAR-10 (JPEG copy), width {args.width}, batch {args.batch_size}, "

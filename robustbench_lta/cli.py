@@ -269,6 +269,25 @@ def _model_specs(models: tuple[str, ...], archs: tuple[str, ...], download: bool
     return specs
 
 
+def _run_sweep_taking_over_lock(cfg: Any, quiet: bool) -> Any:
+    """``--break-lock``: the store's own switch for this run only (it still refuses a holder that is
+    alive on this machine), so an in-process caller's environment is left as it was."""
+    import os
+
+    from .engine.executors import run_with_executor
+    from .engine.store import BREAK_LOCK_ENV
+
+    before = os.environ.get(BREAK_LOCK_ENV)
+    os.environ[BREAK_LOCK_ENV] = "1"
+    try:
+        return run_with_executor(cfg, progress=not quiet)
+    finally:
+        if before is None:
+            os.environ.pop(BREAK_LOCK_ENV, None)
+        else:
+            os.environ[BREAK_LOCK_ENV] = before
+
+
 @cli.command("sweep")
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
 @click.option("--model", "models", multiple=True,
@@ -305,6 +324,8 @@ def _model_specs(models: tuple[str, ...], archs: tuple[str, ...], download: bool
 @click.option("--out", default=None, help="Results folder (default results/<config name> or results/sweep).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--break-lock", is_flag=True,
+              help="Take over the results folder's lock left by a sweep that is gone (its machine died).")
 def sweep_cmd(config: str | None, models: tuple[str, ...], archs: tuple[str, ...], download: bool,
               resize_inputs: bool,
               attacks: tuple[str, ...], eps: str | None,
@@ -313,7 +334,7 @@ def sweep_cmd(config: str | None, models: tuple[str, ...], archs: tuple[str, ...
               shard_size: int | None, retry_invalid: bool | None, replace: bool | None,
               ray_address: str | None, ray_gpus_per_task: float | None, ray_cpus_per_task: float | None,
               plugin_paths: tuple[str, ...], threads: int | None, out: str | None,
-              overrides: tuple[str, ...], quiet: bool) -> None:
+              overrides: tuple[str, ...], quiet: bool, break_lock: bool) -> None:
     """Run models x attacks x eps (from a YAML CONFIG and/or flags) into a results folder."""
     from .config import SweepConfig, apply_overrides, apply_threads, read_yaml, validate
     from .engine.executors import run_with_executor
@@ -344,6 +365,12 @@ def sweep_cmd(config: str | None, models: tuple[str, ...], archs: tuple[str, ...
         raw["out"] = out
     elif not raw.get("out"):
         raw["out"] = str(Path("results") / (Path(config).stem if config else "sweep"))
+    if models:
+        # --set is applied after the flags: `--set models=[...]` would silently replace every --model
+        clash = next((o for o in overrides if o.split("=", 1)[0].strip() == "models"), None)
+        if clash is not None:
+            raise UserError(f"--model and --set {clash.split('=', 1)[0].strip()}=... both give the models: "
+                            "pass them one way (--model repeated, or `--set models=[...]` alone)")
     apply_overrides(raw, overrides)
     if not raw.get("models"):
         raise UserError("no models given: pass --model CHECKPOINT_OR_NAME or a config with `models:`")
@@ -359,7 +386,10 @@ def sweep_cmd(config: str | None, models: tuple[str, ...], archs: tuple[str, ...
     cfg.threads = apply_threads(cfg.threads)
     preflight(cfg)
     click.echo(_setup_line("sweep", cfg.device, cfg.amp, cfg.channels_last, cfg.compile))
-    summary = run_with_executor(cfg, progress=not quiet)
+    if break_lock:
+        summary = _run_sweep_taking_over_lock(cfg, quiet)
+    else:
+        summary = run_with_executor(cfg, progress=not quiet)
     _print_summary(summary)
     out_dir = Path(summary.attrs.get("out_dir", cfg.out or "."))
     if (out_dir / "published.csv").is_file():  # zoo models: the publisher's numbers beside ours
@@ -425,6 +455,20 @@ def _print_summary(summary: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------- report
+def _check_attention_keys(folder: Path) -> None:
+    """An attention/*.npz that is readable but not a sweep's is refused like a corrupt one (the report
+    API would drop its page with a warning the command line does not show)."""
+    import numpy as np
+
+    from .reporting.attention_figures import attention_keys_problem
+
+    for path in sorted((folder / "attention").glob("*.npz")):
+        with np.load(path, allow_pickle=False) as z:
+            problem = attention_keys_problem(path, z.files)
+        if problem:
+            raise UserError(problem)
+
+
 @cli.command("report")
 @click.argument("results", nargs=-1, required=True, type=click.Path())
 @click.option("--out", default="reports/report.pdf", show_default=True, help="PDF to write.")
@@ -445,6 +489,7 @@ def report_cmd(results: tuple[str, ...], out: str, title: str | None, force: boo
 
     for folder in results:
         check_attention_files(Path(folder))
+        _check_attention_keys(Path(folder))
     check_out_folder(str(Path(out).parent), "--out")
     WRITING.append(str(out))
     res = build_report([Path(r) for r in results], Path(out), title=title, force=force, curves=curves)

@@ -215,6 +215,16 @@ class SweepModelSpec(_Strict):
     resize_inputs: bool = Field(False, description="resize images to the card's input size inside the model")
 
 
+def _no_bool_eps(v: Any) -> Any:
+    """Run before pydantic's float parsing, which reads YAML's true/false as 1.0/0.0 (``eps: [true,
+    false]`` became 1/255 and 0 without a word)."""
+    if isinstance(v, list) and any(isinstance(e, bool) for e in v):
+        bad = next(e for e in v if isinstance(e, bool))
+        raise ValueError(f"eps values must be numbers, not {str(bad).lower()} (a YAML boolean; "
+                         "yes/no/on/off are booleans too)")
+    return v
+
+
 def _check_eps_list(v: list[float], what: str) -> list[float]:
     """Shared by the sweep's and each attack's eps: non-empty, finite, >= 0; sorted, deduplicated."""
     if not v:
@@ -265,6 +275,8 @@ class SweepAttackSpec(_Strict):
     eps: list[float] | None = Field(
         None, description="this attack's own eps list (same scale as the sweep's eps)"
     )
+
+    _eps_not_bool = field_validator("eps", mode="before")(_no_bool_eps)
 
     @field_validator("eps")
     @classmethod
@@ -327,6 +339,8 @@ class SweepConfig(_Strict):
     out: str | None = Field(
         None, description="results folder (CLI default results/<config name>; API: a temporary folder)"
     )
+
+    _eps_not_bool = field_validator("eps", mode="before")(_no_bool_eps)
 
     @field_validator("eps")
     @classmethod
@@ -423,8 +437,55 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
     return data
 
 
+#: values a YAML document may stand for once its aliases are expanded (a real config has a few hundred;
+#: a 1 KB "billion laughs" document stands for billions, and expanding it takes all memory)
+MAX_YAML_VALUES = 100_000
+
+
+def _expanded_size(root: yaml.Node, limit: int) -> int:
+    """How many values the node graph stands for with every alias written out (stops past ``limit``).
+
+    Counted on the composed nodes, where an alias is one shared node, before anything is built;
+    a node inside itself (``&a [*a]``) counts as past the limit: no config is infinite.
+    """
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            return limit + 1
+        active.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            children: list[yaml.Node] = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        else:
+            children = []
+        for child in children:
+            total += size(child)
+            if total > limit:
+                break
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    return size(root)
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """safe_load that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+    """safe_load that refuses a key given twice in one mapping (PyYAML keeps the last silently), and a
+    document whose aliases expand to more than :data:`MAX_YAML_VALUES` values (an alias bomb)."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        if _expanded_size(node, MAX_YAML_VALUES) > MAX_YAML_VALUES:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"its aliases (*name) expand to more than {MAX_YAML_VALUES} values: write "
+                "the values out, or refer to fewer anchors", node.start_mark)
+        return super().construct_document(node)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()

@@ -100,8 +100,38 @@ def device_description(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux shows it (``/proc/self/status``).
+
+    ``os.umask`` can only be read by setting it, which races with other threads creating files;
+    the fallback sets it back at once.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path: str | Path, mode: int = 0o666) -> None:
+    """Give a file made by ``tempfile.mkstemp`` (always 0600) the mode ``open()`` would have given it.
+
+    Results, checkpoints and reports are shared files: they get ``mode & ~umask`` (0644 under the
+    usual umask 022), like every other file the user creates.
+    """
+    os.chmod(path, mode & ~current_umask())
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder, fsync, then rename: readers never see half."""
+    """Write via a temporary file in the same folder, fsync, then rename: readers never see half.
+
+    The file gets the mode ``open()`` would give it under the process umask (mkstemp's is 0600).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -110,6 +140,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        apply_umask(tmp)
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -231,6 +232,30 @@ def _pair(value: object, key: str, cast: type) -> tuple:
     return lo, hi
 
 
+def _physical_memory() -> int | None:
+    """Bytes of RAM on this machine, or None where the OS does not say."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _check_fits_in_memory(count: int, image_size: int, n_fragments: int) -> None:
+    """Refuse, before generating anything, a count whose images cannot fit in this machine's memory.
+
+    The generator has no upper limit of its own: memory is what bounds it. Per image: the uint8
+    pixels, the label, box and source indices, held twice while the chunks are joined.
+    """
+    per_image = 3 * image_size * image_size + 8 + 16 + 8 + 8 * n_fragments
+    need = 2 * count * per_image
+    total = _physical_memory()
+    if total is not None and need > total:
+        most = total // (2 * per_image)
+        raise UserError(f"cluttered-digits: {count} images of {image_size}x{image_size} need about "
+                        f"{need / 2**30:.0f} GiB, more than this machine's {total / 2**30:.0f} GiB of "
+                        f"memory: ask for at most {most} (e.g. --n {min(most, 10000)})")
+
+
 def generate(
     split: str = "train",
     n: int | None = None,
@@ -269,6 +294,7 @@ def generate(
         raise UserError("cluttered-digits: fragment_contrast must lie in [0, 1]")
     if n_fragments < 0 or noise < 0:
         raise UserError("cluttered-digits: n_fragments and noise must be >= 0")
+    _check_fits_in_memory(count, int(image_size), int(n_fragments))
 
     sources = source_indices(split)
     settings = dict(

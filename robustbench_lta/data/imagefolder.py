@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,22 @@ def _split_root(path: Path, split: str) -> Path:
     return path
 
 
+def _walk_once(top: Path, seen: dict[str, str]) -> Iterator[tuple[str, str, list[str]]]:
+    """``(folder, its real path, file names)`` as ``os.walk(top, followlinks=True)``, refusing to
+    enter a folder twice: a link back up the tree (``3/again -> ../3``) would otherwise be walked
+    until the path is too long, each pass reading the same images again, and two links to one
+    folder would count its images twice."""
+    for folder, _dirs, names in os.walk(top, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            loop = Path(seen[real]) in Path(folder).parents
+            raise UserError(f"{folder} leads back to {seen[real]} ("
+                            f"{'a symbolic link loop' if loop else 'two links to one folder'}): its images "
+                            "would be read more than once; remove the link")
+        seen[real] = folder
+        yield folder, real, names
+
+
 def find_images(
     root: Path, classes: Sequence[str] | None = None
 ) -> tuple[list[str], list[Path], np.ndarray]:
@@ -83,13 +99,23 @@ def find_images(
         full = present
     files: list[Path] = []
     labels: list[int] = []
+    seen_dirs: dict[str, str] = {}   # real path -> the folder first reached there
+    seen_files: dict[str, Path] = {}
     for cls in present:
         index = full.index(cls)
         found = 0
-        for folder, _, names in sorted(os.walk(root / cls, followlinks=True)):
+        for folder, real_folder, names in sorted(_walk_once(root / cls, seen_dirs)):
             for fname in sorted(names):
                 if fname.lower().endswith(IMG_EXTENSIONS):
-                    files.append(Path(folder) / fname)
+                    path = Path(folder) / fname
+                    # a linked file may be an image counted elsewhere already (same or another class)
+                    real = os.path.realpath(path) if os.path.islink(path) else os.path.join(real_folder,
+                                                                                           fname)
+                    if real in seen_files:
+                        raise UserError(f"{path} is the same file as {seen_files[real]} (a symbolic link): "
+                                        "it would be read twice, or under two classes; remove one of them")
+                    seen_files[real] = path
+                    files.append(path)
                     labels.append(index)
                     found += 1
         if not found:

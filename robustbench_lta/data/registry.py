@@ -329,6 +329,8 @@ def load_dataset(
     if path and scheme in DATASET_SCHEMES:
         loader = _SCHEME_LOADERS[scheme]
         _check_kwargs(loader, name, kw)
+        if scheme == "npz":
+            check_npz_labels(Path(path).expanduser(), split)
         ds = loader(path, split=split, n=n, name=name, **kw)
     else:
         info = _lookup(name)
@@ -343,6 +345,42 @@ def load_dataset(
         )
     ds.meta.setdefault("split", split)
     return ds
+
+
+#: most classes a dataset without class names may have: labels are class indices 0..K-1, and the
+#: names, per-class tables and one-hot targets are all sized by the largest label
+MAX_CLASSES = 100_000
+
+
+def check_npz_labels(file: Path, split: str) -> None:
+    """Refuse an npz file whose labels cannot be class indices, before anything is sized by them.
+
+    Without a ``classes`` array the class count is the largest label + 1, so a label of 2**40 would
+    make a trillion class names; with one, each label must index it. Reads only ``y`` (and
+    ``classes``); an unreadable or incomplete file is left to the loader, which names the problem.
+    """
+    try:
+        with np.load(file, allow_pickle=False) as archive:
+            keys = set(archive.files)
+            yk = f"y_{split}" if f"x_{split}" in keys else "y"
+            if yk not in keys:
+                return
+            y = np.asarray(archive[yk])
+            n_names = int(np.asarray(archive["classes"]).size) if "classes" in keys else None
+    except (OSError, ValueError):
+        return
+    if y.size == 0 or not np.issubdtype(y.dtype, np.integer):
+        return
+    low, high = int(y.min()), int(y.max())
+    if low < 0:
+        raise UserError(f"{file}: label {low} is negative: labels must be class indices 0..K-1")
+    if n_names is not None and high >= n_names:
+        raise UserError(f"{file}: label {high} has no entry in classes ({n_names} names): labels must "
+                        "index the classes array")
+    if n_names is None and high >= MAX_CLASSES:
+        raise UserError(f"{file}: label {high} would mean {high + 1} classes (at most {MAX_CLASSES} without "
+                        "a classes array): labels must be class indices 0..K-1; renumber them, or store "
+                        "a classes array naming each one")
 
 
 def check_split(split: str, allowed: Sequence[str] = ("train", "test"), name: str = "dataset") -> str:

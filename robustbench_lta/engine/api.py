@@ -64,7 +64,9 @@ def run_sweep(models: Mapping[str, str | nn.Module] | Sequence[str], attacks: Se
         # a family folder (runs/<model>/seed<S>) becomes one model per seed, labelled <name>@seed<S>
         "models": expand_model_specs([{"name": k, "source": v if isinstance(v, str) else f"module:{k}"}
                                       for k, v in models.items()]),
-        "attacks": specs, "eps": [float(e) for e in eps], "eps_scale": 1.0, "n": n, "data": data_spec,
+        # a bool is passed on as is for the config to refuse (float(True) would be a budget of 1)
+        "attacks": specs, "eps": [e if isinstance(e, bool) else float(e) for e in eps], "eps_scale": 1.0,
+        "n": n, "data": data_spec,
         "batch_size": batch_size, "device": device or "auto", "seed": seed, "accounting": accounting,
         "plugins": [str(p) for p in plugins], "attention_samples": attention_samples,
         "sanity_samples": sanity_samples, "out": str(out) if out else None, **options,

@@ -36,6 +36,7 @@ from ..results import (
     empty_frame,
     worst_case_rows,
 )
+from ..utils import apply_umask
 from .plan import Cell
 from .sanity import AttackTraits, table_checks
 from .store import ResultStore, _disk_error
@@ -107,6 +108,7 @@ class _Appender:
         self.writer.close()
         with open(self.tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        apply_umask(self.tmp)  # mkstemp makes 0600: results are shared files like any other
         os.replace(self.tmp, self.path)
 
     def abort(self) -> None:

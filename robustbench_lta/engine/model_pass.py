@@ -7,6 +7,7 @@ clean-correct images the report shows.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,6 +111,19 @@ def run_model_pass(pm: PreparedModel, source: SampleSource, settings: ModelPassS
     if pm.has_attention and plan is not None and k > 0:
         figure = _figure_arrays(pm, source, plan, pos[:k], xc[:k], yc[:k], settings.seed, seen)
     pm.model.eval()
+    # the figure's attack is a plugin too: whatever it left on the model is undone before the next
+    # unit this process runs on it (Ray runs units after a model pass), and its maps are not shown
+    state = pm.state.changed() if pm.state is not None else []
+    weights = pm.guard.changed()
+    if state or weights:
+        if pm.state is not None:
+            pm.state.restore()
+        pm.guard.restore()
+        figure = None
+        what = state[0] if state else f"weight {weights[0]!r}"
+        warnings.warn(f"{pm.label}: the attention-figure attack {plan.label if plan else ''} changed the "
+                      f"model ({what}): model restored, its attention maps left out of the report",
+                      UserWarning, stacklevel=2)
     f1, b1 = pm.model.work()
     return ModelPassResult(rows, figure, f1 - f0, b1 - b0)
 
@@ -118,9 +132,10 @@ def _figure_arrays(pm: PreparedModel, source: SampleSource, plan: AttackPlan, po
                    x: torch.Tensor, y: torch.Tensor, seed: int, seen: int) -> dict[str, np.ndarray]:
     attack = make_attack(plan, derive_seed(seed, pm.loaded.sha256, plan.label, "figure"))
     if plan.multi_eps:
-        advs = list(attack.perturb_many(pm.model, x, y, list(plan.eps)))
+        advs = list(attack.perturb_many(pm.model, x.clone(), y, list(plan.eps)))
     else:
-        advs = [x.clone() if e == 0 else attack.perturb(pm.model, x, y, e) for e in plan.eps]
+        # a copy each: an attack writing into its input must not change the clean images and maps
+        advs = [x.clone() if e == 0 else attack.perturb(pm.model, x.clone(), y, e) for e in plan.eps]
     pm.model.eval()
     with torch.inference_mode(), pm.model.float32():  # the maps and predictions the units record
         clean_logits, clean_maps = pm.model.logits_and_maps(x)

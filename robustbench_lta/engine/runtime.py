@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .. import devices
-from .models import LoadedModel, WeightsGuard
+from .models import LoadedModel, StateGuard, WeightsGuard
 
 #: fp16 loss scaling: each backward scales its largest output gradient to 2**8. A fixed scale cannot
 #: fit every loss (a mean over the batch makes logit gradients ~1/B, a sum ~1); scaled to the gradient
@@ -236,6 +236,7 @@ class PreparedModel:
     guard: WeightsGuard
     device: torch.device
     num_classes: int
+    state: StateGuard | None = None  # hooks, mode, structure: checked after every unit
 
     @property
     def label(self) -> str:
@@ -263,4 +264,5 @@ def prepare_model(lm: LoadedModel, device: torch.device, *, amp: str, channels_l
     with torch.inference_mode(), model.float32():
         width = int(model(torch.zeros(probe_shape, device=device)).shape[1])
     model.forward_images = 0
-    return PreparedModel(lm, model, guard, device, width)
+    # captured after the probe: whatever a first call sets up (compile) belongs to the reference
+    return PreparedModel(lm, model, guard, device, width, StateGuard(model))

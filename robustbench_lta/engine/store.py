@@ -14,9 +14,12 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import socket
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -146,21 +149,50 @@ class ResultStore:
         except OSError as exc:
             raise _disk_error(self.layout.manifest, exc) from None
 
+    # -- leftovers of killed writers ---------------------------------------------------------------
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Delete the temporary files of writes that never finished (a worker or driver killed mid-write).
+
+        Only names ``atomic_write_bytes``/``tempfile.mkstemp`` give (``.NAME.XXXXXXXX.tmp``) in the
+        folder, its ``units/`` tree and ``attention/``: nothing else is touched. Call it only while
+        holding the lock (no other sweep writes here) and before any worker of this sweep starts.
+        """
+        removed: list[Path] = []
+        places = [(self.root, False), (self.layout.units, True), (self.layout.attention_dir, False)]
+        for folder, deep in places:
+            if not folder.is_dir():
+                continue
+            for path in folder.rglob(".*.tmp") if deep else folder.glob(".*.tmp"):
+                if _TMP_NAME.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+                    try:
+                        path.unlink()
+                    except FileNotFoundError:
+                        continue
+                    removed.append(path)
+        return removed
+
     # -- one sweep at a time ------------------------------------------------------------------------
     @contextmanager
     def locked(self) -> Iterator[None]:
-        """Refuse a second sweep into the same folder while one runs (a stale lock is taken over)."""
+        """Refuse a second sweep into the same folder while one runs (a stale lock is taken over).
+
+        A lock whose holder runs on another host cannot be checked: it blocks until the user says that
+        sweep is gone (:data:`BREAK_LOCK_ENV`, or :func:`break_lock`). Once the lock is held, the
+        temporaries of killed writers are removed.
+        """
         path = self.layout.lock
-        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": _now()}
         for _ in range(2):
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = _read_lock(path)
                 if holder and _alive(holder):
-                    raise UserError(f"another sweep (pid {holder['pid']} on {holder['host']}) is writing "
-                                    f"into {self.root}: wait for it, or use another --out") from None
-                path.unlink(missing_ok=True)  # stale: its process is gone
+                    if not (_truthy(os.environ.get(BREAK_LOCK_ENV)) and not _on_this_host(holder)):
+                        raise UserError(_locked_message(holder, path, self.root)) from None
+                    warnings.warn(f"{BREAK_LOCK_ENV} is set: taking over the lock of {_holder_text(holder)} "
+                                  f"on {self.root}", stacklevel=3)
+                path.unlink(missing_ok=True)  # stale: its process is gone (or the user said so)
                 continue
             except OSError as exc:
                 raise _disk_error(path, exc) from None
@@ -168,10 +200,60 @@ class ResultStore:
                 json.dump(me, fh)
             break
         try:
+            self.remove_stale_temporaries()
             yield
         finally:
             if _read_lock(path) == me:
                 path.unlink(missing_ok=True)
+
+
+#: ``1`` takes over a lock held by a sweep on another host, which this machine cannot check: set it
+#: only when that sweep is gone (its machine died, its job was killed)
+BREAK_LOCK_ENV = "ROBUSTBENCH_LTA_BREAK_LOCK"
+#: how the "folder is locked" message tells the user to break a lock
+BREAK_LOCK_HINT = f"re-run with --break-lock (or {BREAK_LOCK_ENV}=1 in the environment)"
+#: the names tempfile.mkstemp(prefix=".NAME.", suffix=".tmp") gives (8 characters of its alphabet)
+_TMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
+def break_lock(out_dir: str | Path) -> dict[str, Any] | None:
+    """Remove the lock of the results folder ``out_dir`` left by a sweep that is gone; returns what the
+    lock said (None when there was none). A holder still running on this machine is refused."""
+    path = ResultsLayout(Path(out_dir)).lock
+    if not path.exists():
+        return None
+    holder = _read_lock(path) or {}
+    if holder and _on_this_host(holder) and _alive(holder):
+        raise UserError(f"{_holder_text(holder)} still runs on this machine and writes into {out_dir}: "
+                        "stop it first, or use another --out")
+    path.unlink(missing_ok=True)
+    return holder
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _truthy(value: str | None) -> bool:
+    return str(value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _on_this_host(holder: dict[str, Any]) -> bool:
+    return holder.get("host") == socket.gethostname()
+
+
+def _holder_text(holder: dict[str, Any]) -> str:
+    since = f", started {holder['started']}" if holder.get("started") else ""
+    return f"the sweep pid {holder.get('pid')} on {holder.get('host')}{since}"
+
+
+def _locked_message(holder: dict[str, Any], path: Path, root: Path) -> str:
+    if _on_this_host(holder):
+        return f"another sweep (pid {holder['pid']} on this machine) is writing into {root}: wait for it, " \
+               "or use another --out"
+    return (f"{_holder_text(holder)} holds the lock {path}, and this machine cannot tell whether it still "
+            f"runs: wait for it; if it is gone (its machine died or its job was killed), {BREAK_LOCK_HINT} "
+            "to take the lock over (finished units are kept); or use another --out")
 
 
 def _read_lock(path: Path) -> dict[str, Any] | None:
@@ -182,12 +264,12 @@ def _read_lock(path: Path) -> dict[str, Any] | None:
 
 
 def _alive(holder: dict[str, Any]) -> bool:
-    if holder.get("host") != socket.gethostname():
+    if not _on_this_host(holder):
         return True  # cannot tell for another machine: assume it runs
     try:
         os.kill(int(holder["pid"]), 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, ValueError, TypeError):
+    except (PermissionError, ValueError, TypeError, KeyError):
         return True
     return True

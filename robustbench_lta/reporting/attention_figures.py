@@ -13,6 +13,8 @@ where the dataset has object boxes, the share of attention mass inside the box, 
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +59,37 @@ def _img(x: np.ndarray) -> np.ndarray:
     return x
 
 
+#: what a sweep stores in attention/MODEL.npz (engine/model_pass.py), beside clean_levelJ/adv_levelJ
+ATTENTION_KEYS = frozenset({"attack", "index", "labels", "images", "eps", "clean_pred", "adv_images",
+                            "adv_pred", "boxes", "selection", "key"})
+_REQUIRED_KEYS = ("images", "labels")
+_LEVEL_KEY = re.compile(r"(clean|adv)_level\d+")
+
+
+def attention_keys_problem(path: Path, keys: Iterable[str]) -> str | None:
+    """One sentence naming ``path`` and what is wrong with its keys, or None when they are a sweep's.
+
+    Unknown keys mean the file was not written by a sweep of this version (or was edited): drawing
+    what happens to be there, or dropping the page, would both say nothing about it.
+    """
+    keys = set(keys)
+    unexpected = sorted(k for k in keys if k not in ATTENTION_KEYS and not _LEVEL_KEY.fullmatch(k))
+    missing = [k for k in _REQUIRED_KEYS if k not in keys]
+    if not any(k.startswith("clean_level") for k in keys):
+        missing.append("clean_level0")
+    if not unexpected and not missing:
+        return None
+    parts = ([f"unexpected keys {', '.join(unexpected[:20])}{' ...' if len(unexpected) > 20 else ''}"]
+             if unexpected else []) + ([f"missing {', '.join(missing)}"] if missing else [])
+    return (f"{path} is not an attention-maps file of a sweep ({'; '.join(parts)}): delete it to build the "
+            "report without that model's attention maps, or re-run the sweep into a new folder")
+
+
 def load_npz(path: Path) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as z:
+        problem = attention_keys_problem(path, z.files)
+        if problem:
+            raise ValueError(problem)
         return {k: z[k] for k in z.files}
 
 

@@ -86,6 +86,74 @@ def _read_optional(path: Path, missing: list[str], what: str, label: str) -> pd.
         return None
 
 
+#: columns the report reads from each table (the engine writes all of SUMMARY_/SAMPLE_COLUMNS)
+SUMMARY_NEEDS = ("model", "attack", "norm", "eps", "n", "clean_acc", "robust_acc", "attack_success_rate",
+                 "mean_norm", "median_norm", "max_norm", "seconds", "status")
+SAMPLES_NEEDS = ("model", "attack", "eps", "index", "label", "clean_pred", "norm", "broken")
+_TAMPERED = ("the engine never writes this: the folder was edited or damaged; re-run the sweep into a "
+             "new folder")
+_ACC_TOL = 1e-9
+
+
+def _require_columns(path: Path, df: pd.DataFrame, need: tuple[str, ...]) -> None:
+    absent = [c for c in need if c not in df.columns]
+    if absent:
+        raise UserError(f"{path} lacks columns {absent}: it was not written by this version of "
+                        "robustbench-lta (re-run the sweep into a new folder)")
+
+
+def _cell(row: Any) -> str:
+    return f"{row.model} / {row.attack} at eps {eps_label(float(row.eps))}"
+
+
+def check_summary(path: Path, summary: pd.DataFrame) -> None:
+    """The engine's guarantees on ``summary.parquet``: accuracies in [0, 1], robust <= clean per row.
+
+    A hand-edited or damaged table would otherwise be drawn as if measured (a robust accuracy above
+    the clean one is impossible: a sample counts as robust only if it is classified correctly).
+    """
+    clean = pd.to_numeric(summary["clean_acc"], errors="coerce").to_numpy(float)
+    robust = pd.to_numeric(summary["robust_acc"], errors="coerce").to_numpy(float)
+    for name, values in (("clean_acc", clean), ("robust_acc", robust)):
+        bad = np.flatnonzero(~np.isnan(values) & ((values < -_ACC_TOL) | (values > 1 + _ACC_TOL)))
+        if len(bad):
+            row = summary.iloc[int(bad[0])]
+            raise UserError(f"{path}: {name} {values[bad[0]]:g} of {_cell(row)} lies outside [0, 1]; "
+                            f"{_TAMPERED}")
+    bad = np.flatnonzero(robust > clean + _ACC_TOL)  # NaN compares False: failed cells pass
+    if len(bad):
+        row = summary.iloc[int(bad[0])]
+        raise UserError(f"{path}: robust_acc {robust[bad[0]]:.4g} above clean_acc {clean[bad[0]]:.4g} for "
+                        f"{_cell(row)} ({len(bad)} row(s) like it); {_TAMPERED}")
+
+
+def _manifest_classes(manifest: dict[str, Any]) -> list[str] | None:
+    classes = (manifest.get("dataset") or {}).get("classes") if isinstance(manifest, dict) else None
+    return [str(c) for c in classes] if isinstance(classes, list) and classes else None
+
+
+def check_samples(path: Path, samples: pd.DataFrame, classes: list[str] | None) -> None:
+    """The engine's guarantees on ``samples.parquet``: labels are class indices (within the manifest's
+    classes when it names them), and one row per model, attack, budget and sample."""
+    if samples.empty:
+        return
+    labels = pd.to_numeric(samples["label"], errors="coerce").to_numpy(float)
+    top = len(classes) if classes else math.inf
+    bad = np.flatnonzero(np.isnan(labels) | (labels < 0) | (labels >= top) | (labels != np.round(labels)))
+    if len(bad):
+        row = samples.iloc[int(bad[0])]
+        where = f"the {len(classes)} classes of manifest.json" if classes else "the class indices 0..K-1"
+        raise UserError(f"{path}: label {row['label']} of sample {row['index']} ({_cell(row)}) lies outside "
+                        f"{where} ({len(bad)} row(s) like it); {_TAMPERED}")
+    key = ["model", "attack", "eps", "index"]
+    dup = samples.duplicated(key, keep=False).to_numpy()
+    if dup.any():
+        row = samples.iloc[int(np.flatnonzero(dup)[0])]
+        same = int((samples[key] == row[key]).all(axis=1).sum())
+        raise UserError(f"{path}: sample {row['index']} has {same} rows for {_cell(row)} (one per sample and "
+                        f"budget expected; {int(dup.sum())} rows are duplicates); {_TAMPERED}")
+
+
 def _safe_name(model: str) -> str:
     return safe_name(model)
 
@@ -129,12 +197,8 @@ def load_results(dirs: list[Path] | list[str], force: bool = False) -> ResultsBu
             summary = pd.read_parquet(folder / "summary.parquet")
         except Exception as exc:
             raise UserError(f"{folder / 'summary.parquet'} cannot be read ({exc}): re-run the sweep") from exc
-        need = {"model", "attack", "norm", "eps", "n", "clean_acc", "robust_acc", "status"}
-        if not need <= set(summary.columns):
-            raise UserError(
-                f"{folder / 'summary.parquet'} lacks columns {sorted(need - set(summary.columns))}: "
-                "it was not written by this version of robustbench-lta"
-            )
+        _require_columns(folder / "summary.parquet", summary, SUMMARY_NEEDS)
+        check_summary(folder / "summary.parquet", summary)
         man_path = folder / "manifest.json"
         manifest: dict[str, Any] = {}
         if man_path.is_file():
@@ -145,18 +209,22 @@ def load_results(dirs: list[Path] | list[str], force: bool = False) -> ResultsBu
         else:
             missing.append(f"{label}: no manifest.json (run details unknown)")
         manifests[label] = manifest
+        samples = _read_optional(
+            folder / "samples.parquet",
+            missing,
+            "confidence intervals from paired samples and per-class accuracy",
+            label,
+        )
+        if samples is not None:
+            _require_columns(folder / "samples.parquet", samples, SAMPLES_NEEDS)
+            check_samples(folder / "samples.parquet", samples, _manifest_classes(manifest))
         per_folder.append(
             {
                 "label": label,
                 "folder": folder,
                 "summary": summary,
                 "manifest": manifest,
-                "samples": _read_optional(
-                    folder / "samples.parquet",
-                    missing,
-                    "confidence intervals from paired samples and per-class accuracy",
-                    label,
-                ),
+                "samples": samples,
                 "sanity": _read_optional(folder / "sanity.parquet", missing, "sanity checks", label),
                 "attention": (
                     _read_optional(folder / "attention.parquet", missing, "attention drift", label)

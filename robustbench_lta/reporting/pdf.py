@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +24,7 @@ import yaml
 
 from ..errors import UserError
 from ..training.selection import selection_summary
+from ..utils import apply_umask
 from .attention_figures import drift_table
 from .compute import compute_lines, compute_warning
 from .curves import curves_table, per_class_page, per_class_views, robustness_curve_pages
@@ -177,28 +179,81 @@ def build_report(
         raise UserError(f"report output {out_pdf} must end in .pdf")
     out_pdf.parent.mkdir(parents=True, exist_ok=True)
     final_files = out_pdf.parent / f"{out_pdf.stem}_files"
+    _check_outputs(out_pdf, final_files)
     # Everything is written beside the final names first and swapped in at the end, so a report
-    # that fails halfway leaves the previous PDF and its files as they were.
-    files = out_pdf.parent / f".{out_pdf.stem}_files.tmp"
-    shutil.rmtree(files, ignore_errors=True)
-    files.mkdir(parents=True)
-    tmp = out_pdf.with_name(f".{out_pdf.name}.tmp")
+    # that fails halfway leaves the previous PDF and its files as they were. The staging names are
+    # unique (mkdtemp/mkstemp): a file the user keeps under some fixed name is never touched.
+    files = Path(tempfile.mkdtemp(dir=out_pdf.parent, prefix=f".{out_pdf.stem}_files.", suffix=".tmp"))
+    fd, tmp_name = tempfile.mkstemp(dir=out_pdf.parent, prefix=f".{out_pdf.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
     try:
+        apply_umask(files, 0o777)  # mkdtemp/mkstemp make 0700/0600; a report is shared like any file
+        (files / REPORT_MARK).write_text("written by robustbench-lta report; replaced on the next run\n")
         result = _render(bundle, out_pdf, tmp, files, title, curves)
+        apply_umask(tmp)
+        _swap_in(files, final_files, tmp, out_pdf)
     except BaseException:
         shutil.rmtree(files, ignore_errors=True)
         tmp.unlink(missing_ok=True)
         raise
-    old = out_pdf.parent / f".{out_pdf.stem}_files.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if final_files.exists():
-        final_files.rename(old)  # no stale figure from an earlier report with other sections
-    files.rename(final_files)
-    os.replace(tmp, out_pdf)
-    shutil.rmtree(old, ignore_errors=True)
     result.pngs = [final_files / p.name for p in result.pngs]
     result.tables = [final_files / p.name for p in result.tables]
     return result
+
+
+#: a file in every ``NAME_files`` folder a report writes: only such a folder is ever replaced
+REPORT_MARK = ".robustbench-lta-report"
+#: what reports wrote into ``NAME_files`` before the mark (such a folder with a verdict.json is ours)
+_REPORT_SUFFIXES = (".png", ".csv", ".md", ".json", ".yaml")
+
+
+def _written_by_report(folder: Path) -> bool:
+    """Whether ``folder`` is a report's files folder (or empty): replacing it loses nothing of the user's."""
+    if (folder / REPORT_MARK).is_file():
+        return True
+    entries = list(folder.iterdir())
+    legacy = (folder / "verdict.json").is_file()
+    return not entries or legacy and all(
+        p.is_file() and not p.is_symlink() and p.suffix in _REPORT_SUFFIXES for p in entries)
+
+
+def _check_outputs(out_pdf: Path, final_files: Path) -> None:
+    """Refuse, before rendering, outputs the report would have to move or delete something else for."""
+    if out_pdf.is_dir():
+        raise UserError(f"--out {out_pdf} is a folder: give the path of the PDF to write, e.g. "
+                        f"{out_pdf / 'report.pdf'}")
+    if final_files.is_symlink() or (final_files.exists() and not final_files.is_dir()):
+        raise UserError(f"{final_files} is in the way: the report writes its figures and tables into a "
+                        f"folder of that name beside {out_pdf.name}; move or rename that file, or choose "
+                        "another --out")
+    if final_files.is_dir() and not _written_by_report(final_files):
+        raise UserError(f"{final_files} holds files the report did not write: the report replaces that "
+                        "folder with its figures and tables; move them elsewhere, or choose another --out")
+
+
+def _swap_in(files: Path, final_files: Path, tmp: Path, out_pdf: Path) -> None:
+    """Replace ``final_files`` and ``out_pdf`` by the staged ``files`` and ``tmp``; on failure the old
+    ones are put back."""
+    old: Path | None = None
+    if final_files.is_dir():
+        # no stale figure from an earlier report with other sections: the old folder goes as a whole
+        # (rename onto the empty folder mkdtemp made, so the hidden name is unique too)
+        old = Path(tempfile.mkdtemp(dir=final_files.parent, prefix=f".{final_files.name}.", suffix=".old"))
+        final_files.rename(old)
+    try:
+        files.rename(final_files)
+        try:
+            os.replace(tmp, out_pdf)
+        except BaseException:
+            final_files.rename(files)
+            raise
+    except BaseException:
+        if old is not None:
+            old.rename(final_files)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _strong_commands(bundle: ResultsBundle, out_pdf: Path, files: Path) -> dict[str, str]:

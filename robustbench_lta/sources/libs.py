@@ -243,16 +243,15 @@ def resolve_hf_hub(spec: str, *, num_classes: int | None = None, seed: int = 0,
         config = json.loads(config_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise UserError(f"{config_path} is not valid JSON ({exc})") from None
-    arch = config.get("architecture")
-    if not arch:
-        raise UserError(f"{config_path} names no architecture: only timm-layout repos are supported")
+    arch, pretrained_cfg = local_timm_config(config, config_path)
     timm = _import_timm()
     state = _load_safetensors(weights)
     k = num_classes or config.get("num_classes")
     torch.manual_seed(seed)
-    overlay = {**dict(config.get("pretrained_cfg") or {}), "state_dict": state}
+    overlay = {**pretrained_cfg, "state_dict": state}
     model = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=overlay,
                               **({"num_classes": int(k)} if k else {}))
+    check_loaded(model, state, weights, spec)
     model.eval()
     fields = _timm_card_fields(model, True, int(model.num_classes))
     names = config.get("label_names")
@@ -262,3 +261,46 @@ def resolve_hf_hub(spec: str, *, num_classes: int | None = None, seed: int = 0,
                      weights_sha256=file_sha256(weights),
                      num_classes=int(model.num_classes), weights_file=str(weights), **fields)
     return ResolvedModel(Normalized(model, card.mean, card.std), card)
+
+
+#: ``pretrained_cfg`` keys that tell timm where to fetch weights: with ``source: hf-hub`` timm
+#: downloads the named repo and ignores the ``state_dict`` this tool passes (the local weights).
+_WEIGHT_LOCATION_KEYS = ("source", "hf_hub_id", "hf_hub_filename", "url", "file", "state_dict")
+
+
+def local_timm_config(config: dict[str, Any], config_path: Path) -> tuple[str, dict[str, Any]]:
+    """The architecture and ``pretrained_cfg`` to build a local timm-layout folder with, such that
+    timm can only load the folder's own weights (never a Hub repo or URL named in ``config.json``).
+
+    An architecture that itself names a location (``hf-hub:org/repo``, ``local-dir:...``) is refused:
+    timm would read its config and weights from there, not from this folder.
+    """
+    arch = config.get("architecture")
+    if not arch or not isinstance(arch, str):
+        raise UserError(f"{config_path} names no architecture: only timm-layout repos are supported")
+    if ":" in arch:
+        raise UserError(f"{config_path}: architecture {arch!r} names a location, so timm would load it "
+                        "from there instead of this folder's model.safetensors: give a timm model name "
+                        "(e.g. resnet18), or use that source directly")
+    raw = config.get("pretrained_cfg") or {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{config_path}: pretrained_cfg must be a mapping, got {type(raw).__name__}")
+    return arch, {k: v for k, v in raw.items() if k not in _WEIGHT_LOCATION_KEYS}
+
+
+def check_loaded(model: torch.nn.Module, state: dict[str, torch.Tensor], weights: Path, spec: str) -> None:
+    """Refuse a model whose weights are not the local file's (timm took them from elsewhere).
+
+    Compares the tensors the file and the model share by name and shape (a classifier replaced for
+    another ``num_classes`` differs in shape and is skipped). timm's checkpoint filters may rename
+    or adapt a few tensors, so only a model where most shared tensors differ is refused: weights
+    fetched from another repo differ everywhere.
+    """
+    own = model.state_dict()
+    shared = [k for k, t in state.items() if k in own and tuple(own[k].shape) == tuple(t.shape)]
+    differ = [k for k in shared
+              if not torch.equal(own[k].detach().cpu(), state[k].detach().cpu().to(own[k].dtype))]
+    if shared and 2 * len(differ) > len(shared):
+        raise UserError(f"hf-hub:{spec}: the model built does not hold the weights of {weights} "
+                        f"({len(differ)} of {len(shared)} tensors differ, e.g. {differ[0]}): timm loaded "
+                        "other weights; check architecture and pretrained_cfg in its config.json")

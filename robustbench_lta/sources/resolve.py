@@ -15,6 +15,7 @@ Nothing is downloaded unless weights are missing and ``download=True``.
 from __future__ import annotations
 
 import difflib
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -121,7 +122,13 @@ def resolve_checkpoint_source(path: Path) -> ResolvedModel:
     """A checkpoint this project trained (safetensors + JSON card), loaded by ``load_model``."""
     from ..training.checkpoint import load_model
 
-    model = load_model(path)
+    try:
+        model = load_model(path)
+    except TypeError as exc:  # the builder refused a keyword the card passes it
+        error = _card_kwargs_error(path, exc)
+        if error is None:
+            raise
+        raise error from None
     raw: dict[str, Any] = dict(getattr(model, "card", None) or {})
     section = raw.get("model") or {}
     ds = raw.get("dataset") if isinstance(raw.get("dataset"), dict) else {}
@@ -140,6 +147,28 @@ def resolve_checkpoint_source(path: Path) -> ResolvedModel:
         card.dataset = {"name": ds["name"], "kwargs": dict(ds.get("kwargs") or {})}
     card.details = raw
     return ResolvedModel(model, card)
+
+
+def _card_kwargs_error(path: Path, exc: TypeError) -> UserError | None:
+    """A UserError naming the card's ``model.kwargs`` key the builder refused, or None when the
+    TypeError is not about such a key (then it is a bug and keeps its traceback)."""
+    from ..training.checkpoint import read_card
+
+    found = re.search(r"unexpected keyword argument '([^']+)'", str(exc))
+    if found is None:
+        return None
+    try:
+        card = read_card(path)
+    except UserError:
+        return None
+    section = card.get("model") if isinstance(card.get("model"), dict) else {}
+    kwargs = section.get("kwargs") if isinstance(section.get("kwargs"), dict) else {}
+    key = found.group(1)
+    if key not in kwargs:
+        return None
+    return UserError(f"model card of {path}: model.kwargs has {key!r}={kwargs[key]!r}, which architecture "
+                     f"{section.get('name')!r} does not take: remove it from the card (it was edited by hand "
+                     "or written by another version of that model's code)")
 
 
 def _floats(t: torch.Tensor) -> tuple[float, ...]:

@@ -35,6 +35,7 @@ import datetime as _dt
 import json
 import math
 import os
+import re
 import signal
 import tempfile
 import threading
@@ -48,7 +49,7 @@ from torch import nn
 from ..discovery import plugin_hint
 from ..errors import UserError
 from ..models.registry import create_model, list_models
-from ..utils import atomic_write_json, git_commit, package_versions, resolve_device, sha256_file
+from ..utils import apply_umask, git_commit, package_versions, resolve_device, sha256_file
 
 FORMAT_VERSION = 1
 WEIGHTS_SUFFIX = ".safetensors"
@@ -128,22 +129,58 @@ def state_dict_for_saving(module_or_state: nn.Module | dict[str, torch.Tensor]) 
     return out
 
 
-def save_tensors_atomic(
+def _as_os_error(exc: Exception, path: Path) -> OSError | None:
+    """The OSError inside a ``SafetensorError`` ("... (os error 28)"), named after ``path``, or None.
+
+    safetensors (Rust) reports a full disk as its own exception type with the errno only in the
+    text; as an OSError the CLI turns it into one ``error:`` line (exit 2) naming the file.
+    """
+    found = re.search(r"os error (\d+)|code: (\d+)", str(exc))
+    if found is None:
+        return None
+    code = int(found.group(1) or found.group(2))
+    return OSError(code, os.strerror(code), str(path))
+
+
+def _write_tensors_tmp(
     tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
-) -> None:
-    """``safetensors.torch.save_file`` to a temporary file in the same folder, fsync, rename."""
+) -> Path:
+    """``safetensors.torch.save_file`` to a temporary file beside ``path``, fsynced; returns its path."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=metadata)
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+        except SafetensorError as exc:
+            error = _as_os_error(exc, path)
+            if error is None:
+                raise
+            raise error from None
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        apply_umask(tmp)  # mkstemp makes 0600: checkpoints are shared like any file the user writes
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+def save_tensors_atomic(
+    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
+) -> None:
+    """``safetensors.torch.save_file`` to a temporary file in the same folder, fsync, rename.
+
+    A full disk raises ``OSError(ENOSPC)`` naming ``path``; the file there before is kept.
+    """
+    tmp = _write_tensors_tmp(tensors, path, metadata)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -315,11 +352,40 @@ def save_checkpoint(
     full = build_card(model, card)
     tensors = state_dict_for_saving(model)
     with defer_keyboard_interrupt():
-        save_tensors_atomic(tensors, weights, metadata={"format": "pt", "model": full["model"]["name"]})
-        full["weights"] = {"file": weights.name, "bytes": weights.stat().st_size}
-        full["sha256"] = sha256_file(weights)
-        atomic_write_json(card_path, full)
+        # both files are complete on disk before either replaces the old pair: a full disk while
+        # writing either leaves the previous weights and card, which still match each other
+        tmp = _write_tensors_tmp(tensors, weights, metadata={"format": "pt", "model": full["model"]["name"]})
+        try:
+            full["weights"] = {"file": weights.name, "bytes": tmp.stat().st_size}
+            full["sha256"] = sha256_file(tmp)
+            text = json.dumps(full, indent=2, sort_keys=True, default=str) + "\n"
+            card_tmp = _write_text_tmp(card_path, text)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        os.replace(tmp, weights)
+        os.replace(card_tmp, card_path)
     return weights
+
+
+def _write_text_tmp(path: Path, text: str) -> Path:
+    """``text`` in a fsynced temporary file beside ``path`` (mode from the umask); returns its path."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(text.encode("utf-8"))
+            fh.flush()
+            os.fsync(fh.fileno())
+        apply_umask(tmp)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.filename is None:  # write() reports ENOSPC without a name: the user needs one
+            exc.filename = str(path)
+        raise
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
 
 
 # ------------------------------------------------------------------------------------------ loading

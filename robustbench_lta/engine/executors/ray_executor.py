@@ -159,6 +159,9 @@ def run_units_on_ray(sweep: Any, store: ResultStore, pending: Any, progress: boo
                 bar.set_postfix_str(f"{bar.n}/{bar.total} units, {time.perf_counter() - t0:.0f} s")
         finally:
             bar.close()
+        # every task has returned: a temporary left now belongs to a worker killed mid-write (its
+        # retry wrote the unit again), so it goes before the driver reads the units
+        store.remove_stale_temporaries()
         return done
     finally:
         if started_here:
