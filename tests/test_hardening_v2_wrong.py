@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from click.testing import CliRunner
+from test_hardening import run_cli  # the in-process CLI runner the first round wrote
 from torch import nn
 
 from robustbench_lta.errors import UserError
@@ -26,21 +26,6 @@ from robustbench_lta.plugins import Attack
 # an untrained registry model on the embedded digits: enough to run a sweep in a second
 TINY = ["--data", "cluttered-digits", "--n", "8", "--quiet", "--set", "sanity_samples=0",
         "--set", "attention_samples=0"]
-
-
-def run_cli(*argv: str) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of ``robustbench-lta ARGV`` run in this process."""
-    from robustbench_lta.cli import main
-
-    runner = CliRunner()
-    with runner.isolation() as (out, err, _):
-        try:
-            main(list(argv))
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        stdout, stderr = out.getvalue().decode(), err.getvalue().decode()
-    return code, stdout, stderr
 
 
 def one_error_line(stderr: str) -> str:
