@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean gpu-wheels gpu-check
+.PHONY: install demo test lint bench clean gpu-wheels gpu-check gpu-study
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -70,4 +70,14 @@ gpu-check: $(STAMP) gpu-wheels
 else
 gpu-check:
 	$(GPU_PYTHON) benchmarks/gpu_check.py $(if $(GPU_OUT),--out $(GPU_OUT))
+endif
+
+# gpu-study (docs/study.md): Study v3's reduced GPU scale on the GPU machine, stopped cleanly at 540 s and
+# resumed by running it again; `QUICK=1 make gpu-study` rehearses the same path on CPU (CI runs that).
+ifdef QUICK
+gpu-study: $(STAMP)
+	$(BIN)/python benchmarks/gpu_study.py --quick $(if $(GPU_OUT),--out $(GPU_OUT))
+else
+gpu-study:
+	$(GPU_PYTHON) benchmarks/gpu_study.py $(if $(GPU_OUT),--out $(GPU_OUT))
 endif

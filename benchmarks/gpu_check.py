@@ -193,33 +193,44 @@ def _device_info(torch: Any) -> dict[str, Any]:
     return info
 
 
-def _data(args: argparse.Namespace, work: Path, sizes: dict[str, Any]) -> dict[str, Any]:
-    """CIFAR-10 from the carried archives (full run), or synthetic 32x32 images (``--quick``)."""
+def synthetic_npz(path: Path, n_train: int, n_test: int) -> Path:
+    """Random 32x32 images with a class-dependent tint (learnable a little), as an ``npz:`` dataset."""
     import numpy as np
 
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        arrays[f"y_{split}"] = rng.integers(0, 10, n)
+        base = rng.integers(0, 256, (n, 32, 32, 3))
+        tint = arrays[f"y_{split}"][:, None, None, None] * 20
+        arrays[f"x_{split}"] = ((base + tint) % 256).astype(np.uint8)
+    np.savez(path, **arrays)
+    return path
+
+
+def unpack_cifar10(src: Path, dest: Path) -> Path:
+    """The carried CIFAR-10 archives (``make gpu-wheels``) unpacked into ``dest``: an imagefolder root."""
+    import tarfile
+
+    for archive in ("train.tar.gz", "test.tar.gz"):
+        if not (src / archive).is_file():
+            sys.exit(f"error: {src / archive} missing: run `make gpu-wheels` here and carry .gpu_data")
+    for archive in ("train.tar.gz", "test.tar.gz"):
+        with tarfile.open(src / archive) as tar:
+            tar.extractall(dest, filter="data")
+    return dest
+
+
+def _data(args: argparse.Namespace, work: Path, sizes: dict[str, Any]) -> dict[str, Any]:
+    """CIFAR-10 from the carried archives (full run), or synthetic 32x32 images (``--quick``)."""
     from robustbench_lta.data.registry import load_dataset
 
     if args.quick:
-        rng = np.random.default_rng(0)
-        arrays = {}
-        for split, n in (("train", sizes["n_train"]), ("test", sizes["n_test"])):
-            arrays[f"y_{split}"] = rng.integers(0, 10, n)
-            base = rng.integers(0, 256, (n, 32, 32, 3))  # a class-dependent tint: learnable a little
-            tint = arrays[f"y_{split}"][:, None, None, None] * 20
-            arrays[f"x_{split}"] = ((base + tint) % 256).astype(np.uint8)
-        path = work / "synthetic.npz"
-        np.savez(path, **arrays)
+        path = synthetic_npz(work / "synthetic.npz", sizes["n_train"], sizes["n_test"])
         name, what = f"npz:{path}", f"synthetic 32x32, {sizes['n_train']} train / {sizes['n_test']} test"
     else:
-        import tarfile
-
-        src = Path(args.data)
-        for archive in ("train.tar.gz", "test.tar.gz"):
-            if not (src / archive).is_file():
-                sys.exit(f"error: {src / archive} missing: run `make gpu-wheels` here and carry .gpu_data")
-            with tarfile.open(src / archive) as tar:
-                tar.extractall(work / "cifar10", filter="data")
-        name, what = f"imagefolder:{work / 'cifar10'}", "CIFAR-10 (JPEG copy), 50,000 train / 10,000 test"
+        root = unpack_cifar10(Path(args.data), work / "cifar10")
+        name, what = f"imagefolder:{root}", "CIFAR-10 (JPEG copy), 50,000 train / 10,000 test"
     t0 = time.perf_counter()
     train_ds, test_ds = (load_dataset(name, split=s) for s in ("train", "test"))
     return {"name": name, "what": what, "test": test_ds, "decode_s": time.perf_counter() - t0,

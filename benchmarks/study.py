@@ -1,189 +1,325 @@
-"""Study v2: vgg16, its compute-matched baseline and the att2/att3 attention VGGs, several seeds each.
+"""Study v3: the attention question on networks that learn, standard and adversarially trained.
 
-A benchmark script, not a test. Stages (each timed; ``--stages`` picks some):
+A benchmark script, not a test. Six families, three seeds each (``--recipe`` sets the scale):
 
-1. ``train``: every model as a seed family (training/family.py) on CIFAR-10 (JPEG copy from
-   ``../shared``, unpacked once like benchmarks/train_cifar10.py) at ``--width``, ``--n-train``
-   images, ``--epochs``; runs in ``<runs>/<model>/seed<S>``.
-2. ``sweep``: the families (labels ``model@seed<S>``) x FGSM over the eps grid (the paper's
-   protocol), PGD with each of ``--pgd-steps`` (a comma list: ``10,50``), APGD-CE (AutoAttack's
-   first component, a port), Square (``--square-queries``) at the largest eps, the authors'
-   AutoAttack at ``--autoattack-eps`` (none by default: CPU-costly), ``pgd-attn-js`` and
-   ``attn-hijack`` with the first PGD step count (they fail cleanly on models without attention),
-   worst-case accounting, first ``--n`` test images.
-3. ``report``: the PDF report, plus ``study_family_curves.csv`` (seed spread) and
-   ``study_family_intervals.csv`` (two-level bootstrap: seeds, then samples; each family minus the
-   first family without attention) and ``study_compute.csv`` (GMACs per model) in the results folder.
-4. ``localisation``: ``vgg16_att3_concat_pc`` and ``vgg16_matched`` trained on cluttered-digits (one
-   seed), pointing game and top-20 % IoU of attention vs gradient saliency vs SmoothGrad, clean and
-   under FGSM (analysis/localisation.py); ``study_localisation.csv``.
+    vgg16, vgg16_matched, vgg16_att2_concat_pc, vgg16_att3_concat_pc        standard training
+    vgg16_matched_at, vgg16_att3_concat_pc_at                               FGSM-RS at Linf 8/255
 
-Example (the CPU scale of docs/study.md)::
+Stages (``--stages``, each timed into ``<results>/study_timings.json``):
 
-    python benchmarks/study.py --width 0.0625 --n-train 4000 --n-test 1000 --epochs 6 --n 200 \
-        --pgd-steps 10,50 --apgd-steps 10 --square-queries 100 --autoattack-eps 8
+1. ``train``: one run per (family, seed), seed-major (every family's seed 0 first, so a study cut
+   short still compares every family), into ``<runs>/<family>/seed<S>``. Each run resumes itself
+   after its last finished epoch; a finished run is skipped. Per-run seconds come from the runs'
+   ``history.csv`` (summed epoch times), so they add up across sittings.
+2. ``sweep``: every finished run (label ``family@seed<S>``) on the first ``n`` test images: FGSM on
+   the whole eps grid, PGD-50 and APGD-CE, the authors' AutoAttack at the recipe's budgets, Square
+   at the largest budget, ``pgd-attn-js`` and ``attn-hijack`` (they fail cleanly, one line each, on
+   models without attention), worst case. The results folder resumes unit by unit and grows when
+   more runs have finished.
+3. ``report``: the PDF report, ``study_family_curves.csv``, ``study_family_intervals.csv``,
+   ``study_verdict.csv`` (attention minus its compute-matched baseline, two-level bootstrap
+   intervals, Holm-corrected across the comparisons shown: reporting/family.py) and
+   ``study_networks.csv`` (every network's test accuracy, selection and training seconds).
 
-Timings are wall-clock on whatever machine runs it; ``study_timings.json`` records them.
+Recipes (``RECIPES``): ``cpu`` (docs/study.md, 2 cores), ``gpu`` (one H200, about 10 minutes, see
+``make gpu-study``), ``rehearsal`` (a tiny CPU run of the GPU command, for CI). Interrupt at any
+point (Ctrl-C or SIGTERM) and run the same command again::
+
+    python benchmarks/study.py --recipe cpu --runs runs/study3 --results results/study3
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import signal
 import sys
 import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-DEFAULT_MODELS = ("vgg16", "vgg16_matched", "vgg16_att2_concat_pc", "vgg16_att3_concat_pc")
+
+@dataclass(frozen=True)
+class Family:
+    """One seed family of the study: a registry model, trained with or without the threat model."""
+
+    label: str
+    model: str
+    adversarial: bool = False
 
 
-def _train_families(args: argparse.Namespace, data_name: str) -> dict[str, float]:
+FAMILIES = (
+    Family("vgg16", "vgg16"),
+    Family("vgg16_matched", "vgg16_matched"),
+    Family("vgg16_att2_concat_pc", "vgg16_att2_concat_pc"),
+    Family("vgg16_att3_concat_pc", "vgg16_att3_concat_pc"),
+    Family("vgg16_matched_at", "vgg16_matched", adversarial=True),
+    Family("vgg16_att3_concat_pc_at", "vgg16_att3_concat_pc", adversarial=True),
+    # not a study family: the plain VGG under the same threat model (docs/adversarial_training.md)
+    Family("vgg16_at", "vgg16", adversarial=True),
+)
+STUDY_FAMILIES = FAMILIES[:6]
+
+#: (attention family, its compute-matched baseline): the comparisons of the verdict table
+COMPARISONS = (
+    ("vgg16_att2_concat_pc", "vgg16_matched"),
+    ("vgg16_att3_concat_pc", "vgg16_matched"),
+    ("vgg16_att3_concat_pc_at", "vgg16_matched_at"),
+)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that sets the study's scale; the sweep and the training read only this."""
+
+    name: str
+    width: float
+    epochs: int                    # standard training
+    adv_epochs: int                # FGSM-RS training
+    batch_size: int
+    lr: float                      # one-cycle peak
+    label_smoothing: float
+    n_train: int | None            # first N training images (None: all 50,000)
+    seeds: tuple[int, ...]
+    n: int                         # test images attacked
+    eps: tuple[float, ...]         # FGSM grid (/255)
+    pgd_eps: tuple[float, ...]     # PGD-50, APGD-CE and the attention attacks
+    autoattack_eps: tuple[float, ...]
+    attack_steps: int
+    square_queries: int
+    sweep_batch: int
+    amp: str = "auto"
+    compile: bool = False
+    device: str = "auto"
+    n_test: int | None = None      # test images for each network's test accuracy (None: all 10,000)
+
+
+RECIPES = {
+    # 2 cores: width 0.125 keeps att3 at ~250 img/s float32 (fgsm-rs ~135) on an AVX512 Xeon
+    "cpu": Recipe("cpu", width=0.125, epochs=5, adv_epochs=8, batch_size=128, lr=0.1,
+                  label_smoothing=0.1, n_train=None, seeds=(0, 1, 2), n=1000,
+                  eps=(0, 1, 2, 3, 4, 5, 6, 7, 8), pgd_eps=(1, 2, 4, 8), autoattack_eps=(2, 4, 8),
+                  attack_steps=50, square_queries=1000, sweep_batch=250),
+    # one H200, bf16 autocast, compiled, large batches: a reduced study (width 0.5, 1 seed per family)
+    "gpu": Recipe("gpu", width=0.5, epochs=10, adv_epochs=10, batch_size=512, lr=0.2,
+                  label_smoothing=0.1, n_train=None, seeds=(0,), n=1000,
+                  eps=(0, 1, 2, 3, 4, 5, 6, 7, 8), pgd_eps=(1, 2, 4, 8), autoattack_eps=(8,),
+                  attack_steps=50, square_queries=1000, sweep_batch=1000, amp="bf16", compile=True,
+                  device="cuda"),
+    # the GPU command's code path at a size CI runs on CPU in about a minute
+    "rehearsal": Recipe("rehearsal", width=0.0625, epochs=1, adv_epochs=1, batch_size=64, lr=0.05,
+                        label_smoothing=0.1, n_train=256, seeds=(0,), n=32, eps=(0, 2, 8),
+                        pgd_eps=(8,), autoattack_eps=(), attack_steps=3, square_queries=20,
+                        sweep_batch=32, n_test=128),
+}
+
+
+# ------------------------------------------------------------------------------------------ train
+def train_config(recipe: Recipe, family: Family, seed: int, data_name: str, runs: Path,
+                 threads: int | None) -> object:
     from robustbench_lta.config import TrainConfig, validate
-    from robustbench_lta.training.family import train_family
 
-    seconds = {}
-    for name in args.models:
-        cfg = validate(TrainConfig, {
-            "model": {"name": name, "width": args.width},
-            "data": {"name": data_name, "n_train": args.n_train, "n_test": args.n_test},
-            "augment": {"flip": True, "crop_padding": 4}, "epochs": args.epochs, "batch_size": 64,
-            "lr": 0.05, "lr_step_epochs": max(1, args.epochs // 2),
-            "warmup_epochs": 1 if args.epochs > 2 else 0,
-            "seeds": args.seeds, "device": args.device, "out": str(args.runs / name)}, "study options")
+    epochs = recipe.adv_epochs if family.adversarial else recipe.epochs
+    adversarial = ({"method": "fgsm-rs", "norm": "linf", "eps": 8, "eval_every": 1, "eval_n": 500,
+                    "eval_steps": 10} if family.adversarial else {"method": "none"})
+    return validate(TrainConfig, {
+        "model": {"name": family.model, "width": recipe.width},
+        "data": {"name": data_name, "n_train": recipe.n_train, "n_test": recipe.n_test},
+        "augment": {"flip": True, "crop_padding": 4}, "epochs": epochs, "batch_size": recipe.batch_size,
+        "lr": recipe.lr, "lr_schedule": "onecycle", "momentum": 0.9, "weight_decay": 5e-4,
+        # label smoothing softens the clean loss only: FGSM-RS keeps Wong et al.'s plain cross-entropy
+        "label_smoothing": 0.0 if family.adversarial else recipe.label_smoothing,
+        "seed": seed, "family": family.label, "device": recipe.device, "amp": recipe.amp,
+        "channels_last": True, "val_fraction": 0.02, "eval_every": 1, "threads": threads,
+        "adversarial": adversarial, "out": str(runs / family.label / f"seed{seed}"),
+    }, f"study recipe {recipe.name}")
+
+
+def run_seconds(run: Path) -> float:
+    """Training seconds of a run, summed over its epochs (adds up across interrupted sittings)."""
+    history = run / "history.csv"
+    if not history.is_file():
+        return 0.0
+    with history.open() as fh:
+        return sum(float(r.get("seconds") or 0) for r in csv.DictReader(fh))
+
+
+def finished(run: Path, epochs: int) -> bool:
+    card = run / "best.json"
+    if not card.is_file():
+        return False
+    state = run / "trainer_state.json"
+    if state.is_file():
+        done = json.loads(state.read_text()).get("epoch", 0)
+        return int(done) >= epochs and "clean_test_accuracy" in json.loads(card.read_text())
+    return "clean_test_accuracy" in json.loads(card.read_text())
+
+
+def stage_train(recipe: Recipe, args: argparse.Namespace, data_name: str) -> dict[str, float]:
+    from robustbench_lta.training.trainer import train
+
+    units = [(fam, seed) for seed in recipe.seeds for fam in args.families]
+    for i, (fam, seed) in enumerate(units, 1):
+        cfg = train_config(recipe, fam, seed, data_name, args.runs, args.threads)
+        run = Path(cfg.out)
+        if finished(run, cfg.epochs):
+            continue
+        print(f"  [{i}/{len(units)}] {fam.label} seed {seed}: {cfg.epochs} epochs", flush=True)
         t0 = time.perf_counter()
-        fam = train_family(cfg, progress=False)
-        seconds[name] = round(time.perf_counter() - t0, 1)
-        print(f"  {name}: best test accuracy {', '.join(f'{a:.1%}' for a in fam.best_accs)} "
-              f"({seconds[name]:.0f} s)", flush=True)
-    return seconds
+        res = train(cfg, progress=args.progress)
+        print(f"  [{i}/{len(units)}] {fam.label} seed {seed}: test accuracy {res.test_acc:.1%} "
+              f"(epoch {res.best_epoch}, {time.perf_counter() - t0:.0f} s this sitting)", flush=True)
+    return {f"{f.label}@seed{s}": round(run_seconds(args.runs / f.label / f"seed{s}"), 1)
+            for s in recipe.seeds for f in args.families}
 
 
-def _sweep(args: argparse.Namespace) -> None:
+def finished_runs(recipe: Recipe, args: argparse.Namespace) -> list[tuple[Family, int, Path]]:
+    out = []
+    for fam in args.families:
+        for seed in recipe.seeds:
+            run = args.runs / fam.label / f"seed{seed}"
+            if finished(run, recipe.adv_epochs if fam.adversarial else recipe.epochs):
+                out.append((fam, seed, run))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ sweep
+def sweep_config(recipe: Recipe, args: argparse.Namespace, data_name: str) -> object:
     from robustbench_lta.config import SweepConfig, validate
+
+    runs = finished_runs(recipe, args)
+    if not runs:
+        sys.exit("error: no finished training run to sweep yet: run the train stage first")
+    steps = {"steps": recipe.attack_steps}
+    pgd_eps = list(recipe.pgd_eps)
+    attacks = [
+        {"name": "fgsm"},
+        {"name": "pgd-linf", "label": f"pgd{recipe.attack_steps}", "params": steps, "eps": pgd_eps},
+        {"name": "apgd-ce", "params": {"steps": max(recipe.attack_steps, 2)}, "eps": pgd_eps},
+        {"name": "square", "params": {"n_queries": recipe.square_queries}, "eps": [recipe.eps[-1]]},
+        *([{"name": "autoattack", "eps": list(recipe.autoattack_eps)}] if recipe.autoattack_eps else []),
+        {"name": "pgd-attn-js", "params": steps, "eps": pgd_eps},
+        {"name": "attn-hijack", "params": steps, "eps": pgd_eps},
+    ]
+    return validate(SweepConfig, {
+        "models": [{"source": str(run), "name": f"{fam.label}@seed{seed}"} for fam, seed, run in runs],
+        "attacks": attacks, "eps": list(recipe.eps), "eps_scale": 255, "n": recipe.n,
+        "data": {"name": data_name}, "batch_size": recipe.sweep_batch, "seed": 0,
+        "accounting": "worst-case", "device": recipe.device, "amp": "off", "compile": recipe.compile,
+        "threads": args.threads, "out": str(args.results),
+    }, f"study recipe {recipe.name}")
+
+
+def stage_sweep(recipe: Recipe, args: argparse.Namespace, data_name: str) -> None:
     from robustbench_lta.engine.executors import run_with_executor
-    from robustbench_lta.training.family import expand_model_specs
 
-    pgd = [{"name": "pgd-linf", "label": f"pgd{k}", "params": {"steps": k}} for k in args.pgd_steps]
-    aa = [{"name": "autoattack", "eps": args.autoattack_eps}] if args.autoattack_eps else []
-    steps = args.pgd_steps[0]  # the attention attacks match the first PGD: "never weaker" is per steps
-    raw = {
-        "models": expand_model_specs([{"source": str(args.runs / m), "name": m} for m in args.models]),
-        "attacks": [
-            {"name": "fgsm"},
-            *pgd,
-            {"name": "apgd-ce", "params": {"steps": args.apgd_steps}},
-            {"name": "square", "params": {"n_queries": args.square_queries}, "eps": [args.eps[-1]]},
-            *aa,
-            {"name": "pgd-attn-js", "params": {"steps": steps}},
-            {"name": "attn-hijack", "params": {"steps": steps}},
-        ],
-        "eps": args.eps, "eps_scale": 255, "n": args.n, "batch_size": 100, "seed": 0,
-        "accounting": "worst-case", "device": args.device, "out": str(args.results),
-    }
-    run_with_executor(validate(SweepConfig, raw, "study sweep"), progress=False)
+    run_with_executor(sweep_config(recipe, args, data_name), progress=args.progress)
 
 
-def _report(args: argparse.Namespace) -> None:
-    import pandas as pd
-
-    from robustbench_lta.models.compute import registry_gmacs
-    from robustbench_lta.reporting.family import family_curves, family_intervals
+# ----------------------------------------------------------------------------------------- report
+def stage_report(recipe: Recipe, args: argparse.Namespace, timings: dict) -> None:
+    from robustbench_lta.reporting.family import family_comparisons, family_curves
     from robustbench_lta.reporting.load import load_results
     from robustbench_lta.reporting.pdf import build_report
 
-    report = build_report([args.results], args.report,
-                          title="Study v2: attention VGG vs baselines, seed families")
+    report = build_report([args.results], args.report, force=True,
+                          title=f"Study v3 ({recipe.name} recipe): attention VGG vs matched baselines")
     bundle = load_results([args.results])
     family_curves(bundle).to_csv(args.results / "study_family_curves.csv", index=False)
-    # the report's own bootstrap table (1,000 replicates): the same figures as its family page
-    intervals = report.family_intervals if report.family_intervals is not None else family_intervals(bundle)
-    intervals.to_csv(args.results / "study_family_intervals.csv", index=False)
-    pd.DataFrame([{"model": m, "width": args.width, "gmacs_32x32": registry_gmacs(m, args.width),
-                   "gmacs_32x32_width1": registry_gmacs(m)} for m in args.models]).to_csv(
-        args.results / "study_compute.csv", index=False)
+    if report.family_intervals is not None:
+        report.family_intervals.to_csv(args.results / "study_family_intervals.csv", index=False)
+    verdict = family_comparisons(bundle, COMPARISONS, attacks=("worst-case", "fgsm"), replicates=2000)
+    verdict.to_csv(args.results / "study_verdict.csv", index=False)
+    rows = []
+    for fam, seed, run in finished_runs(recipe, args):
+        card = json.loads((run / "best.json").read_text())
+        rows.append({"family": fam.label, "seed": seed, "model": fam.model, "width": recipe.width,
+                     "adversarial": fam.adversarial, "test_acc": card.get("clean_test_accuracy"),
+                     "precision": card.get("precision"), "train_s": round(run_seconds(run), 1)})
+    with (args.results / "study_networks.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["family"])
+        w.writeheader()
+        w.writerows(rows)
+    print(verdict.round(4).to_string(index=False))
 
 
-def _localisation(args: argparse.Namespace) -> None:
-    from robustbench_lta.analysis.localisation import localisation_table
-    from robustbench_lta.config import TrainConfig, validate
-    from robustbench_lta.data.registry import load_dataset
-    from robustbench_lta.training.checkpoint import load_model
-    from robustbench_lta.training.trainer import train
+# ------------------------------------------------------------------------------------------- main
+def data_name_for(args: argparse.Namespace) -> str:
+    if args.data:
+        return args.data
+    from train_cifar10 import default_cache_dir, unpack
 
-    models = {}
-    for name in ("vgg16_att3_concat_pc", "vgg16_matched"):
-        cfg = validate(TrainConfig, {
-            "model": {"name": name, "width": args.width},
-            "data": {"name": "cluttered-digits", "n_train": args.n_train, "n_test": 500},
-            "augment": {"flip": False, "crop_padding": 0}, "epochs": args.epochs, "batch_size": 64,
-            "lr": 0.05, "lr_step_epochs": max(1, args.epochs // 2), "device": args.device,
-            "out": str(args.runs / "digits" / name)}, "study options")
-        models[name] = load_model(train(cfg, progress=False).best_path).eval()
-    ds = load_dataset("cluttered-digits", split="test", n=args.n)
-    table = localisation_table(models, ds.images.float() / 255, ds.labels, ds.boxes.float(),
-                               fgsm_eps=[2 / 255, 8 / 255], smoothgrad_samples=8)
-    print(table.round(3).to_string(index=False))
-    table.to_csv(args.results / "study_localisation.csv", index=False)
+    from robustbench_lta.data.registry import shared_data_dir
+
+    shared = shared_data_dir()
+    if shared is None:
+        sys.exit("error: ../shared/data/cifar10-jpeg is absent: pass --data (e.g. cifar10 with "
+                 "torchvision's files, or imagefolder:DIR)")
+    return f"imagefolder:{unpack(shared, default_cache_dir())}"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--stages", default="train,sweep,report,localisation")
-    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--width", type=float, default=0.125)
-    p.add_argument("--n-train", type=int, default=2000)
-    p.add_argument("--n-test", type=int, default=1000)
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--n", type=int, default=200, help="test images attacked")
-    p.add_argument("--eps", default="0,1,2,4,8", help="pixel units (/255)")
-    p.add_argument("--pgd-steps", default="50", help="PGD step counts, comma-separated (one cell each)")
-    p.add_argument("--autoattack-eps", default="", help="budgets (/255) for the authors' AutoAttack")
-    p.add_argument("--apgd-steps", type=int, default=50)
-    p.add_argument("--square-queries", type=int, default=100)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--runs", type=Path, default=Path("runs/study"))
-    p.add_argument("--results", type=Path, default=Path("results/study"))
-    p.add_argument("--report", type=Path, default=Path("reports/study.pdf"))
+    p.add_argument("--recipe", choices=sorted(RECIPES), default="cpu")
+    p.add_argument("--stages", default="train,sweep,report")
+    p.add_argument("--families", default=",".join(f.label for f in STUDY_FAMILIES),
+                   help=f"comma list of family labels (default: the six of the study; also "
+                        f"{', '.join(f.label for f in FAMILIES[6:])})")
+    p.add_argument("--seeds", default=None, help="override the recipe's seeds (comma list)")
+    p.add_argument("--n", type=int, default=None, help="override the recipe's attacked test images")
+    p.add_argument("--data", default=None, help="dataset name (default: the CIFAR-10 JPEGs of ../shared)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--runs", type=Path, default=Path("runs/study3"))
+    p.add_argument("--results", type=Path, default=Path("results/study3"))
+    p.add_argument("--report", type=Path, default=None, help="default: <results>/study.pdf")
+    p.add_argument("--progress", action="store_true")
     args = p.parse_args(argv)
-    args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    args.eps = [float(e) for e in args.eps.split(",") if e.strip()]
-    args.pgd_steps = [int(k) for k in args.pgd_steps.split(",") if k.strip()]
-    args.autoattack_eps = [float(e) for e in args.autoattack_eps.split(",") if e.strip()]
-    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    recipe = RECIPES[args.recipe]
+    if args.seeds:
+        recipe = replace(recipe, seeds=tuple(int(s) for s in args.seeds.split(",") if s.strip()))
+    if args.n:
+        recipe = replace(recipe, n=args.n)
+    by_label = {f.label: f for f in FAMILIES}
+    unknown = [f for f in args.families.split(",") if f.strip() and f.strip() not in by_label]
+    if unknown:
+        sys.exit(f"error: unknown families {unknown}: choose from {', '.join(by_label)}")
+    args.families = [by_label[f.strip()] for f in args.families.split(",") if f.strip()]
+    args.report = args.report or args.results / "study.pdf"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    # SIGTERM stops like Ctrl-C: the trainer and the sweep keep what they finished
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     args.results.mkdir(parents=True, exist_ok=True)
     timings_path = args.results / "study_timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    for stage in stages:
+    timings["recipe"] = asdict(recipe)
+    data_name = data_name_for(args)
+    for stage in [s.strip() for s in args.stages.split(",") if s.strip()]:
         t0 = time.perf_counter()
-        print(f"== {stage}", flush=True)
-        if stage == "train":
-            from train_cifar10 import default_cache_dir, unpack
-
-            from robustbench_lta.data.registry import shared_data_dir
-
-            shared = shared_data_dir()
-            if shared is None:
-                sys.exit("error: ../shared/data/cifar10-jpeg is absent: the study needs the CIFAR-10 JPEGs")
-            root = unpack(shared, default_cache_dir())
-            timings["train_per_model_s"] = _train_families(args, f"imagefolder:{root}")
-        elif stage == "sweep":
-            _sweep(args)
-        elif stage == "report":
-            _report(args)
-        elif stage == "localisation":
-            _localisation(args)
-        else:
-            sys.exit(f"error: unknown stage {stage!r} (train, sweep, report, localisation)")
-        timings[f"{stage}_s"] = round(time.perf_counter() - t0, 1)
-        timings["settings"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-        timings_path.write_text(json.dumps(timings, indent=1))
-        print(f"   {stage}: {timings[f'{stage}_s']:.0f} s", flush=True)
+        print(f"== {stage} ({recipe.name} recipe)", flush=True)
+        try:
+            if stage == "train":
+                timings["train_per_run_s"] = stage_train(recipe, args, data_name)
+            elif stage == "sweep":
+                stage_sweep(recipe, args, data_name)
+            elif stage == "report":
+                stage_report(recipe, args, timings)
+            else:
+                sys.exit(f"error: unknown stage {stage!r} (train, sweep, report)")
+        except KeyboardInterrupt:
+            print(f"   {stage}: interrupted; run the same command again to resume", flush=True)
+            return 130
+        finally:
+            sittings = timings.setdefault("sittings_s", {}).setdefault(stage, [])
+            sittings.append(round(time.perf_counter() - t0, 1))
+            timings[f"{stage}_s"] = round(sum(sittings), 1)
+            timings_path.write_text(json.dumps(timings, indent=1))
+        print(f"   {stage}: {timings[f'{stage}_s']:.0f} s over {len(sittings)} sitting(s)", flush=True)
     return 0
 
 

@@ -179,7 +179,8 @@ class TrainConfig(_Strict):
         True, description="NHWC memory layout (CUDA and CPU: oneDNN's NHWC convolutions train faster)"
     )
     num_workers: int = Field(0, ge=0, description="unused: batches are gathered on the device")
-    eval_every: int = Field(1, gt=0, description="test accuracy every this many epochs (and the last)")
+    eval_every: int = Field(1, gt=0, description="clean validation accuracy every this many epochs (and the "
+                            "last); without a threat model, selection sees only these epochs")
     threads: int | None = Field(None, ge=1, description=_THREADS_HELP)
     plugins: list[str] = Field(default_factory=list, description=_PLUGINS_HELP)
     val_fraction: float = Field(

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Interval", "two_level_bootstrap", "two_level_bootstrap_diff"]
+__all__ = ["Interval", "bootstrap_p_value", "two_level_bootstrap", "two_level_bootstrap_diff",
+           "two_level_diff_replicates"]
 
 
 @dataclass(frozen=True)
@@ -74,9 +75,9 @@ def two_level_bootstrap(values: np.ndarray, *, replicates: int = 2000, level: fl
                     s, n, replicates)
 
 
-def two_level_bootstrap_diff(a: np.ndarray, b: np.ndarray, *, replicates: int = 2000, level: float = 0.95,
-                             rng: np.random.Generator | int | None = 0) -> Interval:
-    """mean(a) - mean(b) for two families on the same samples (columns aligned), two-level interval."""
+def two_level_diff_replicates(a: np.ndarray, b: np.ndarray, *, replicates: int = 2000,
+                              rng: np.random.Generator | int | None = 0) -> np.ndarray:
+    """The bootstrap replicates of mean(a) - mean(b) (samples paired, seeds independent)."""
     ma, mb = _matrix(a, "a"), _matrix(b, "b")
     if ma.shape[1] != mb.shape[1]:
         raise ValueError(f"a and b must cover the same samples (columns): {ma.shape[1]} vs {mb.shape[1]}")
@@ -85,7 +86,26 @@ def two_level_bootstrap_diff(a: np.ndarray, b: np.ndarray, *, replicates: int = 
     sample_idx = gen.integers(0, n, size=(replicates, n))  # shared: paired over images
     ia = gen.integers(0, ma.shape[0], size=(replicates, ma.shape[0]))
     ib = gen.integers(0, mb.shape[0], size=(replicates, mb.shape[0]))
-    reps = _replicate_means(ma, ia, sample_idx) - _replicate_means(mb, ib, sample_idx)
+    return _replicate_means(ma, ia, sample_idx) - _replicate_means(mb, ib, sample_idx)
+
+
+def bootstrap_p_value(replicates: np.ndarray) -> float:
+    """Two-sided p-value of "no difference" from difference replicates: twice the smaller tail at 0.
+
+    The +1 in numerator and denominator keeps it above 0 (a p-value of 0 from B replicates only
+    says p < 1/B).
+    """
+    r = np.asarray(replicates, dtype=np.float64)
+    tail = min(int((r <= 0).sum()), int((r >= 0).sum()))
+    return float(min(1.0, 2 * (tail + 1) / (r.size + 1)))
+
+
+def two_level_bootstrap_diff(a: np.ndarray, b: np.ndarray, *, replicates: int = 2000, level: float = 0.95,
+                             rng: np.random.Generator | int | None = 0) -> Interval:
+    """mean(a) - mean(b) for two families on the same samples (columns aligned), two-level interval."""
+    reps = two_level_diff_replicates(a, b, replicates=replicates, rng=rng)
+    ma, mb = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     q = (1 - level) / 2
     low, high = float(np.quantile(reps, q)), float(np.quantile(reps, 1 - q))
-    return Interval(float(ma.mean() - mb.mean()), low, high, level, (ma.shape[0], mb.shape[0]), n, replicates)
+    return Interval(float(ma.mean() - mb.mean()), low, high, level, (ma.shape[0], mb.shape[0]), ma.shape[1],
+                    replicates)

@@ -15,13 +15,19 @@ Hook for the report (reporting/pdf.py): after the curves section,
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ..analysis.bootstrap import two_level_bootstrap, two_level_bootstrap_diff
+from ..analysis.bootstrap import (
+    bootstrap_p_value,
+    two_level_bootstrap,
+    two_level_bootstrap_diff,
+    two_level_diff_replicates,
+)
 from ..training.family import split_label
 from .load import (
     NORM_NAMES,
@@ -33,8 +39,10 @@ from .load import (
     worst_case_per_sample,
 )
 from .pages import new_page
+from .stats import holm
 
-__all__ = ["families", "family_curves", "family_intervals", "family_page", "family_section"]
+__all__ = ["families", "family_comparisons", "family_curves", "family_intervals", "family_page",
+           "family_section"]
 
 
 def families(models: list[str]) -> dict[str, list[tuple[int, str]]]:
@@ -127,6 +135,57 @@ def family_intervals(bundle: ResultsBundle, replicates: int = 1000, baseline: st
                         row.update(vs=base, diff=d.estimate, diff_low=d.low, diff_high=d.high)
                     rows.append(row)
     return pd.DataFrame(rows)
+
+
+def family_comparisons(bundle: ResultsBundle, pairs: Sequence[tuple[str, str]], *,
+                       attacks: Sequence[str] = (WORST_CASE,), eps: Sequence[float] | None = None,
+                       replicates: int = 2000, alpha: float = 0.05, rng: int = 0) -> pd.DataFrame:
+    """Each ``(family, baseline)`` pair's robust-accuracy difference, Holm-corrected across the table.
+
+    One row per pair, norm, attack (of ``attacks``) and eps (of ``eps`` in the pair's units, default
+    every budget; 0 is clean accuracy): the difference of means, its two-level bootstrap
+    replicates' two-sided p-value, Holm's adjusted p-value across every row returned (``reject`` at
+    ``alpha``), and the interval at the row's Holm level: the k-th smallest of m p-values is tested
+    at alpha / (m - k + 1), and its interval is the matching (1 - alpha / (m - k + 1)) percentile
+    interval, so an interval excludes 0 exactly where Holm's step-down rejects (until the first
+    non-rejection; after it nothing rejects, and the interval is only descriptive).
+    """
+    fams = families(bundle.models)
+    rows: list[dict[str, Any]] = []
+    reps: list[np.ndarray] = []
+    for norm in sorted(set(bundle.summary["norm"].astype(str))):
+        grid = eps_grid(bundle.summary, norm)
+        chosen = grid if eps is None else [e for e in grid if any(abs(e - x) < 1e-9 for x in eps)]
+        for attack in attacks:
+            for e in chosen:
+                for fam, base in pairs:
+                    if fam not in fams or base not in fams:
+                        continue
+                    a = _robust_matrix(bundle, [m for _, m in fams[fam]], attack, norm, e, grid)
+                    b = _robust_matrix(bundle, [m for _, m in fams[base]], attack, norm, e, grid)
+                    if a is None or b is None or a.shape[1] != b.shape[1]:
+                        continue
+                    r = two_level_diff_replicates(a, b, replicates=replicates, rng=rng)
+                    reps.append(r)
+                    rows.append({"family": fam, "vs": base, "attack": attack, "norm": norm, "eps": e,
+                                 "seeds": a.shape[0], "baseline_seeds": b.shape[0], "samples": a.shape[1],
+                                 "robust_acc": float(a.mean()), "baseline_robust_acc": float(b.mean()),
+                                 "diff": float(a.mean() - b.mean()), "p": bootstrap_p_value(r)})
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    reject, adjusted = holm(out["p"].tolist(), alpha=alpha)
+    m = len(out)
+    rank = np.empty(m, dtype=int)
+    rank[np.argsort(out["p"].to_numpy(), kind="stable")] = np.arange(m)
+    levels = [alpha / (m - k) for k in rank]  # k from 0: the k-th smallest p faces alpha / (m - k)
+    out["holm_level"] = [1 - a for a in levels]
+    out["diff_low"] = [float(np.quantile(r, a / 2)) for r, a in zip(reps, levels, strict=True)]
+    out["diff_high"] = [float(np.quantile(r, 1 - a / 2)) for r, a in zip(reps, levels, strict=True)]
+    out["p_holm"] = adjusted
+    out["reject"] = reject
+    out["comparisons"] = m
+    return out
 
 
 def family_page(curves: pd.DataFrame, palette: dict[str, Any], title: str) -> Figure:

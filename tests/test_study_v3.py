@@ -1,0 +1,118 @@
+"""Study v3: Holm-corrected family comparisons, the bootstrap p-value, and the study script's recipes."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from robustbench_lta.analysis.bootstrap import (
+    bootstrap_p_value,
+    two_level_bootstrap_diff,
+    two_level_diff_replicates,
+)
+from robustbench_lta.reporting.family import family_comparisons
+from robustbench_lta.reporting.stats import holm
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def test_bootstrap_p_value_tails() -> None:
+    assert bootstrap_p_value(np.full(999, 0.1)) == pytest.approx(2 / 1000)  # never 0: p < 1/B at best
+    assert bootstrap_p_value(np.full(999, -0.1)) == pytest.approx(2 / 1000)
+    sym = np.linspace(-1, 1, 1001)
+    assert bootstrap_p_value(sym) == pytest.approx(1.0)
+    # the refactor kept the interval's replicates: same draws as before for the same rng
+    rng = np.random.default_rng(3)
+    a, b = (rng.random((3, 200)) < 0.6).astype(float), (rng.random((2, 200)) < 0.5).astype(float)
+    reps = two_level_diff_replicates(a, b, replicates=300, rng=5)
+    iv = two_level_bootstrap_diff(a, b, replicates=300, rng=5)
+    assert (iv.low, iv.high) == (float(np.quantile(reps, 0.025)), float(np.quantile(reps, 0.975)))
+
+
+def _bundle(rates: dict[str, float], seeds: int = 3, n: int = 400, eps: tuple[float, ...] = (0.01, 0.02)):
+    """A results bundle of FGSM rows: each family's seeds robust with probability ``rate`` per sample."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, n)
+    summary, samples, models = [], [], []
+    for fam, rate in rates.items():
+        for s in range(seeds):
+            model = f"{fam}@seed{s}"
+            models.append(model)
+            for e in eps:
+                broken = rng.random(n) > rate
+                samples.append(pd.DataFrame({"model": model, "attack": "fgsm", "eps": e,
+                                             "index": np.arange(n), "label": labels, "clean_pred": labels,
+                                             "broken": broken}))
+                summary.append({"model": model, "attack": "fgsm", "norm": "linf", "eps": e, "status": "ok",
+                                "robust_acc": float(1 - broken.mean())})
+    return SimpleNamespace(models=models, summary=pd.DataFrame(summary), samples=pd.concat(samples),
+                           has_attention={})
+
+
+def test_family_comparisons_holm_corrected_intervals() -> None:
+    bundle = _bundle({"att": 0.75, "base": 0.45, "same": 0.45})
+    table = family_comparisons(bundle, [("att", "base"), ("same", "base"), ("missing", "base")],
+                               attacks=("fgsm",), replicates=1000)
+    assert len(table) == 4 and table["comparisons"].eq(4).all()  # the missing family adds no row
+    _, adjusted = holm(table["p"].tolist())
+    assert table["p_holm"].tolist() == pytest.approx(adjusted)
+    big = table[table["family"] == "att"]
+    assert big["reject"].all() and (big["diff_low"] > 0).all()
+    assert big["diff"].between(0.2, 0.4).all()
+    same = table[table["family"] == "same"]
+    assert not same["reject"].any() and ((same["diff_low"] <= 0) & (same["diff_high"] >= 0)).all()
+    # the smallest p faces alpha / m, the largest alpha / 1: levels step down with the rank
+    order = table.sort_values("p", kind="stable")
+    assert order["holm_level"].iloc[0] == pytest.approx(1 - 0.05 / 4)
+    assert order["holm_level"].iloc[-1] == pytest.approx(0.95)
+    # a Holm interval is at least as wide as the plain 95 % one of the same replicates
+    plain = family_comparisons(bundle, [("att", "base")], attacks=("fgsm",), replicates=1000, alpha=0.05)
+    assert plain["comparisons"].eq(2).all()
+    four, two = big.iloc[0], plain.iloc[0]
+    assert (four["diff_high"] - four["diff_low"]) >= (two["diff_high"] - two["diff_low"]) - 1e-12
+    only = family_comparisons(bundle, [("att", "base")], attacks=("fgsm",), eps=[0.02], replicates=1000)
+    assert len(only) == 1 and only["eps"].iloc[0] == pytest.approx(0.02)
+
+
+def _study():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import study
+    finally:
+        sys.path.remove(str(BENCH))
+    return study
+
+
+def test_every_recipe_builds_a_valid_config_for_every_family(tmp_path) -> None:
+    study = _study()
+    for recipe in study.RECIPES.values():
+        for fam in study.FAMILIES:
+            cfg = study.train_config(recipe, fam, 0, "cluttered-digits", tmp_path, threads=1)
+            assert cfg.model.name == fam.model and cfg.model.width == recipe.width
+            assert cfg.adversarial.method == ("fgsm-rs" if fam.adversarial else "none")
+            assert cfg.epochs == (recipe.adv_epochs if fam.adversarial else recipe.epochs)
+            assert cfg.lr_schedule == "onecycle" and cfg.val_fraction > 0
+            assert cfg.out == str(tmp_path / fam.label / "seed0")
+    labels = {f.label for f in study.STUDY_FAMILIES}
+    assert {a for pair in study.COMPARISONS for a in pair} <= labels and len(study.STUDY_FAMILIES) == 6
+
+
+def test_study_counts_a_run_finished_only_once_tested(tmp_path) -> None:
+    import json
+
+    study = _study()
+    run = tmp_path / "seed0"
+    run.mkdir()
+    assert not study.finished(run, 3)
+    (run / "best.json").write_text(json.dumps({"model": {}}))
+    (run / "trainer_state.json").write_text(json.dumps({"epoch": 3}))
+    assert not study.finished(run, 3)  # not tested yet: training stopped before the test pass
+    (run / "best.json").write_text(json.dumps({"clean_test_accuracy": 0.8}))
+    assert study.finished(run, 3) and not study.finished(run, 4)
+    (run / "history.csv").write_text("epoch,seconds\n1,10.5\n2,11.5\n")
+    assert study.run_seconds(run) == pytest.approx(22.0)
