@@ -309,7 +309,7 @@ def _run_sweep_taking_over_lock(cfg: Any, quiet: bool) -> Any:
 @click.option("--batch-size", type=int, default=None)
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:N")
 @click.option("--seed", type=int, default=None)
-@click.option("--accounting", type=click.Choice(["worst-case", "per-attack"]), default=None)
+@click.option("--accounting", type=click.Choice(["worst-case", "per-attack", "cascade"]), default=None)
 @click.option("--executor", type=click.Choice(["local", "ray"]), default=None)
 @click.option("--shard-size", type=int, default=None, help="Samples per unit of work (default 1024).")
 @click.option("--retry-invalid", is_flag=True, default=None, help="Recompute stored invalid cells too.")

@@ -300,10 +300,13 @@ class SweepConfig(_Strict):
     batch_size: int = Field(256, gt=0, description="images per attack batch")
     device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     seed: int = Field(0, description="seeds every randomised attack (and untrained registry models)")
-    accounting: Literal["worst-case", "per-attack"] = Field(
+    accounting: Literal["worst-case", "per-attack", "cascade"] = Field(
         "worst-case",
         description="worst-case: a sample broken at a smaller eps counts as broken at larger eps and is "
-        "not attacked again; per-attack: every clean-correct sample is attacked at every eps",
+        "not attacked again; per-attack: every clean-correct sample is attacked at every eps; cascade: "
+        "worst-case, and at each eps the attacks run cheapest first (single-step, iterative, black-box; "
+        "config order within each), each only on the samples the earlier ones left: the worst case is the "
+        "same, per-attack rows after the first count skipped samples as broken (column skipped)",
     )
     plugins: list[str] = Field(default_factory=list, description=_PLUGINS_HELP)
     threads: int | None = Field(None, ge=1, description=_THREADS_HELP)

@@ -40,13 +40,15 @@ STATUSES = (STATUS_OK, STATUS_FAILED, STATUS_INVALID)
 
 SUMMARY_COLUMNS = [
     "model", "dataset", "attack", "norm", "eps", "n", "clean_acc", "robust_acc", "attack_success_rate",
-    "mean_norm", "median_norm", "max_norm", "seconds", "forward", "backward", "status", "message",
+    "mean_norm", "median_norm", "max_norm", "seconds", "forward", "backward", "status", "message", "skipped",
 ]
 SAMPLE_COLUMNS = ["model", "attack", "eps", "index", "label", "clean_pred", "adv_pred", "norm",
-                  "attacked", "broken"]
+                  "attacked", "broken", "skipped_by"]
 SAMPLE_DTYPES = {"model": "object", "attack": "object", "eps": "float64", "index": "int64",
                  "label": "int64", "clean_pred": "int64", "adv_pred": "int64", "norm": "float64",
-                 "attacked": "bool", "broken": "bool"}
+                 "attacked": "bool", "broken": "bool", "skipped_by": "object"}
+#: columns added after format 2's first folders; readers fill them with these values when absent
+COLUMN_DEFAULTS = {"skipped_by": "", "skipped": 0}
 ATTENTION_COLUMNS = ["model", "attack", "eps", "index", "level", "js_divergence", "box_mass_clean",
                      "box_mass_adv"]
 SANITY_COLUMNS = ["check", "model", "attack", "eps", "status", "value", "message"]
@@ -103,7 +105,7 @@ def empty_frame(columns: list[str]) -> pd.DataFrame:
 def summary_row(*, model: str, dataset: str, attack: str, norm: str, eps: float, label: np.ndarray,
                 clean_pred: np.ndarray, adv_pred: np.ndarray | None, norms: np.ndarray | None,
                 seconds: float, forward: int = 0, backward: int = 0, status: str = STATUS_OK,
-                message: str = "") -> dict[str, Any]:
+                message: str = "", skipped: int = 0) -> dict[str, Any]:
     n = int(len(label))
     correct = clean_pred == label
     row: dict[str, Any] = {
@@ -112,7 +114,7 @@ def summary_row(*, model: str, dataset: str, attack: str, norm: str, eps: float,
         "robust_acc": math.nan, "attack_success_rate": math.nan,
         "mean_norm": math.nan, "median_norm": math.nan, "max_norm": math.nan,
         "seconds": float(seconds), "forward": int(forward), "backward": int(backward),
-        "status": status, "message": message,
+        "status": status, "message": message, "skipped": int(skipped),
     }
     if status != STATUS_OK or adv_pred is None or n == 0:
         return row
@@ -215,6 +217,13 @@ def cell_summary_rows(samples: pd.DataFrame, *, model: str, dataset: str, attack
         eps = float(st["eps"])
         ok = st["status"] == STATUS_OK
         part = samples[samples["eps"] == eps] if ok else None
+        skipped, message = 0, st["message"]
+        if ok and "skipped_by" in part.columns:
+            by = part["skipped_by"].astype(str)
+            counts = by[by != ""].value_counts(sort=False)
+            skipped = int(counts.sum())
+            if skipped:
+                message = cascade_message(skipped, {str(k): int(v) for k, v in counts.items()})
         rows.append(summary_row(
             model=model, dataset=dataset, attack=attack, norm=norm, eps=eps,
             label=part["label"].to_numpy(dtype=np.int64) if ok else label,
@@ -222,5 +231,12 @@ def cell_summary_rows(samples: pd.DataFrame, *, model: str, dataset: str, attack
             adv_pred=part["adv_pred"].to_numpy(dtype=np.int64) if ok else None,
             norms=part["norm"].to_numpy(dtype=np.float64) if ok else None,
             seconds=st["seconds"], forward=st["forward"], backward=st["backward"],
-            status=st["status"], message=st["message"]))
+            status=st["status"], message=message, skipped=skipped))
     return rows
+
+
+def cascade_message(skipped: int, by: dict[str, int]) -> str:
+    """The summary message of a cascade row: what the attack skipped, and what its figure then means."""
+    parts = ", ".join(f"{k}: {v}" for k, v in by.items())
+    return (f"cascade: {skipped} clean-correct samples already broken by an earlier attack were not attacked "
+            f"({parts}); robust accuracy here is the cascade's up to this attack, not this attack's alone")

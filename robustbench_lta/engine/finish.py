@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from ..errors import UserError
 from ..results import (
     ATTENTION_COLUMNS,
+    COLUMN_DEFAULTS,
     CSV_TABLES,
     SAMPLE_COLUMNS,
     SANITY_COLUMNS,
@@ -44,7 +45,7 @@ from .store import ResultStore, _disk_error
 SAMPLE_SCHEMA = pa.schema([("model", pa.string()), ("attack", pa.string()), ("eps", pa.float64()),
                            ("index", pa.int64()), ("label", pa.int64()), ("clean_pred", pa.int64()),
                            ("adv_pred", pa.int64()), ("norm", pa.float64()), ("attacked", pa.bool_()),
-                           ("broken", pa.bool_())])
+                           ("broken", pa.bool_()), ("skipped_by", pa.string())])
 ATTENTION_SCHEMA = pa.schema([("model", pa.string()), ("attack", pa.string()), ("eps", pa.float64()),
                               ("index", pa.int64()), ("level", pa.int64()), ("js_divergence", pa.float32()),
                               ("box_mass_clean", pa.float32()), ("box_mass_adv", pa.float32())])
@@ -86,6 +87,8 @@ def _read_cell(store: ResultStore, cu: CellUnits, kind: str) -> pd.DataFrame | N
     if not frames:
         return None
     df = pd.concat(frames, ignore_index=True)
+    if kind == "samples" and "skipped_by" not in df.columns:  # unit files written before the cascade
+        df["skipped_by"] = COLUMN_DEFAULTS["skipped_by"]
     keys = ["eps"] if kind == "samples" else ["eps", "level"]
     return df.sort_values(keys, kind="stable").reset_index(drop=True)
 

@@ -68,6 +68,9 @@ class Cell:
     model_sha256: str
     attack: AttackPlan
     key: str
+    # cascade accounting: the cells of the same model and norm that run before this one; their
+    # broken samples are not attacked here (their keys are part of this cell's key)
+    upstream: tuple[Cell, ...] = ()
 
     @property
     def id(self) -> str:
@@ -98,8 +101,8 @@ def canonical(obj: Any) -> str:
 
 
 def cell_key(model_fingerprint: Mapping[str, Any], data_fingerprint: Mapping[str, Any], attack: AttackPlan,
-             seed: int, accounting: str) -> str:
-    payload = {
+             seed: int, accounting: str, upstream: Sequence[str] = ()) -> str:
+    payload: dict[str, Any] = {
         "model": dict(model_fingerprint),
         "data": dict(data_fingerprint),
         "attack": {"name": attack.name, "params": attack.params},
@@ -108,15 +111,48 @@ def cell_key(model_fingerprint: Mapping[str, Any], data_fingerprint: Mapping[str
         "accounting": accounting,
         "engine": 2,
     }
+    if upstream:
+        payload["upstream"] = list(upstream)
     return hashlib.sha256(canonical(payload).encode()).hexdigest()
+
+
+def cascade_rank(attack: AttackPlan) -> int:
+    """Cost class for cascade accounting: single-step or random 0, iterative white-box 1, black-box 2."""
+    if attack.kind in (AttackKind.SCORE.value, AttackKind.DECISION.value):
+        return 2
+    return 1 if attack.iterative and attack.kind == AttackKind.WHITE_BOX.value else 0
+
+
+def cascade_order(attacks: Sequence[AttackPlan]) -> list[AttackPlan]:
+    """Bounded attacks cheapest first (config order within a cost class), then the unbounded ones."""
+    bounded = sorted((a for a in attacks if a.bounded), key=cascade_rank)  # stable: config order kept
+    return bounded + [a for a in attacks if not a.bounded]
 
 
 def plan_cells(models: Sequence[tuple[str, Mapping[str, Any]]], data_fingerprint: Mapping[str, Any],
                attacks: Sequence[AttackPlan], seed: int, accounting: str) -> list[Cell]:
-    """Every (model, attack) cell, models in order, attacks in config order."""
-    return [Cell(model=label, model_sha256=str(fp.get("sha256", "")), attack=a,
-                 key=cell_key(fp, data_fingerprint, a, seed, accounting))
-            for label, fp in models for a in attacks]
+    """Every (model, attack) cell, models in order, attacks in config order.
+
+    Under cascade accounting the attacks come in :func:`cascade_order`, and each bounded cell's
+    ``upstream`` holds the earlier bounded cells of its model and norm (unbounded attacks, whose
+    figure is the norm they find, run on every sample and feed no cascade).
+    """
+    if accounting != "cascade":
+        return [Cell(model=label, model_sha256=str(fp.get("sha256", "")), attack=a,
+                     key=cell_key(fp, data_fingerprint, a, seed, accounting))
+                for label, fp in models for a in attacks]
+    cells: list[Cell] = []
+    for label, fp in models:
+        earlier: dict[str, list[Cell]] = {}
+        for a in cascade_order(attacks):
+            up = tuple(earlier.get(a.norm, ())) if a.bounded else ()
+            cell = Cell(model=label, model_sha256=str(fp.get("sha256", "")), attack=a,
+                        key=cell_key(fp, data_fingerprint, a, seed, accounting, [c.key for c in up]),
+                        upstream=up)
+            if a.bounded:
+                earlier.setdefault(a.norm, []).append(cell)
+            cells.append(cell)
+    return cells
 
 
 def shards(n: int, shard_size: int | None) -> list[tuple[int, int]]:

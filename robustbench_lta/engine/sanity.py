@@ -140,11 +140,20 @@ def table_checks(summary: pd.DataFrame, samples: pd.DataFrame, traits: dict[str,
         return rows
     broken = samples.set_index(["model", "attack", "eps", "index"]).sort_index()["broken"]
     ok_cells = set(map(tuple, ok[["model", "attack", "eps"]].itertuples(index=False, name=None)))
+    # cascade accounting: an attack that did not run on what an earlier one broke cannot be compared
+    # with it (it would pass by construction); it is still compared with the attacks after it
+    fed: set[tuple[str, str, float, str]] = set()
+    if "skipped_by" in samples.columns:
+        by = samples[samples["skipped_by"].astype(str) != ""]
+        fed = set(by[["model", "attack", "eps", "skipped_by"]].drop_duplicates().itertuples(index=False,
+                                                                                           name=None))
 
     def compare(check: str, weak: str, strong: str, explain: str) -> None:
         for model in sorted(ok["model"].unique()):
             for eps in sorted(ok[(ok["model"] == model) & (ok["attack"] == weak)]["eps"].unique()):
                 if eps == 0 or (model, strong, eps) not in ok_cells or (model, weak, eps) not in ok_cells:
+                    continue
+                if (model, strong, eps, weak) in fed:
                     continue
                 bw = broken.loc[(model, weak, eps)]
                 bs = broken.loc[(model, strong, eps)].reindex(bw.index, fill_value=False)

@@ -146,9 +146,14 @@ def pending_work(sweep: Sweep, store: ResultStore) -> Pending:
         keep = select_stored([(s, e) for s, e, _ in found])
         stored[cell.id] = [u for u in found if (u[0], u[1]) in keep]
         units += plan_units(cell, sweep.source.n, sweep.cfg.shard_size, keep)
-    # shard-major per model: consecutive units of a model share its shard's data
+    # shard-major per model: consecutive units of a model share its shard's data; under cascade
+    # accounting cell-major, so every upstream unit is stored before a unit that reads it
     order = {lm.label: i for i, lm in enumerate(sweep.models)}
-    units.sort(key=lambda u: (order[u.cell.model], u.start))
+    if sweep.cfg.accounting == "cascade":
+        rank = {cell.id: i for i, cell in enumerate(sweep.cells)}
+        units.sort(key=lambda u: (order[u.cell.model], rank[u.cell.id], u.start))
+    else:
+        units.sort(key=lambda u: (order[u.cell.model], u.start))
     passes = {}
     for lm in sweep.models:
         key = sweep.model_pass_key(lm)

@@ -38,6 +38,7 @@ from ..plugins.registry import get_attack
 from ..plugins.verify import verify_batch
 from ..results import ATTENTION_COLUMNS, SAMPLE_COLUMNS, STATUS_FAILED, STATUS_INVALID, STATUS_OK
 from ..utils import derive_seed
+from .cascade import UpstreamBreaks
 from .inputs import SampleSource, to_engine_layout
 from .models import same_bits
 from .plan import AttackPlan, Unit
@@ -205,6 +206,7 @@ class _Records:
         self.norms = np.zeros((n_eps, m), dtype=np.float64)
         self.attacked = np.zeros((n_eps, m), dtype=bool)
         self.first_broken = np.full(m, n_eps, dtype=np.int64)  # index of the first eps that broke it
+        self.skipped_by = np.full((n_eps, m), "", dtype=object)  # cascade: the earlier attack's label
 
     def record(self, k: int, rel: np.ndarray, pred: np.ndarray, norms: np.ndarray, label: np.ndarray) -> None:
         self.adv_pred[k, rel] = pred
@@ -221,19 +223,34 @@ class _Records:
             self.adv_pred[k, was] = self.adv_pred[j, np.flatnonzero(was)]
             self.norms[k, was] = self.norms[j, np.flatnonzero(was)]
 
+    def fill_upstream(self, up: UpstreamBreaks, skip: np.ndarray) -> None:
+        """Cascade: where an earlier attack broke a sample this one did not attack, its example counts."""
+        for k in range(self.adv_pred.shape[0]):
+            fill = skip[k] & ~self.attacked[k] & (self.first_broken >= k)
+            self.adv_pred[k, fill] = up.pred[k, fill]
+            self.norms[k, fill] = up.norm[k, fill]
+            self.skipped_by[k, fill] = up.by[k, fill]
+
 
 def run_attack_unit(pm: PreparedModel, source: SampleSource, unit: Unit, settings: UnitSettings,
-                    on_batch: Callable[[int], None] | None = None) -> UnitResult:
-    """Attack one shard with one attack over its eps chain; see the module docstring."""
+                    on_batch: Callable[[int], None] | None = None,
+                    upstream: UpstreamBreaks | None = None) -> UnitResult:
+    """Attack one shard with one attack over its eps chain; see the module docstring.
+
+    ``upstream`` (cascade accounting, engine/cascade.py): samples earlier attacks already broke,
+    per budget; they are not attacked there and keep the earlier attack's example.
+    """
     plan = unit.cell.attack
     chain = plan.chain
     E = len(chain)
-    worst = settings.accounting == "worst-case"
+    worst = settings.accounting in ("worst-case", "cascade")
     drift = pm.has_attention and plan.bounded
     t0 = time.perf_counter()
     f0, b0 = pm.model.work()
     shard = clean_pass(pm, source, np.arange(unit.start, unit.stop), settings.batch_size, drift)
     rec = _Records(shard, E)
+    skip = (upstream.has & shard.correct[None, :] if upstream is not None
+            else np.zeros((E, len(shard.positions)), dtype=bool))
     seconds = [0.0] * E
     work = [[0, 0] for _ in range(E)]
     status = [(STATUS_OK, "")] * E
@@ -293,7 +310,7 @@ def run_attack_unit(pm: PreparedModel, source: SampleSource, unit: Unit, setting
     try:
         if plan.multi_eps and plan.bounded:
             t1, w1 = time.perf_counter(), pm.model.work()
-            todo = shard.positions[shard.correct]
+            todo = shard.positions[shard.correct & ~skip[0]]  # skipped at the smallest: skipped at all
 
             def attack_many(a: torch.Tensor, b: torch.Tensor, p: np.ndarray) -> list[torch.Tensor]:
                 attack.seed = seed_for("multi", p)  # per OOM half: its own first position
@@ -308,8 +325,9 @@ def run_attack_unit(pm: PreparedModel, source: SampleSource, unit: Unit, setting
                     raise InvalidBatch(f"returned {len(advs) if isinstance(advs, list) else 'no list of'} "
                                        f"batches for {E} eps")
                 alive = np.ones(len(pos), dtype=bool)
+                rel_b = pos - unit.start
                 for k in range(E):
-                    sel = alive if worst else np.ones(len(pos), dtype=bool)
+                    sel = (alive if worst else np.ones(len(pos), dtype=bool)) & ~skip[k, rel_b]
                     if not sel.any():
                         break
                     idx = torch.as_tensor(np.flatnonzero(sel), device=x.device)
@@ -330,7 +348,7 @@ def run_attack_unit(pm: PreparedModel, source: SampleSource, unit: Unit, setting
                     status[k] = (failed_at[0], f"not run: the budget before failed ({failed_at[1]})")
                     continue
                 t1, w1 = time.perf_counter(), pm.model.work()
-                todo_mask = shard.correct & (rec.first_broken >= k if worst else True)
+                todo_mask = shard.correct & (rec.first_broken >= k if worst else True) & ~skip[k]
                 todo = shard.positions[todo_mask]
                 try:
                     for pos, x, y in source.batches(todo, settings.batch_size, pm.device):
@@ -378,6 +396,8 @@ def run_attack_unit(pm: PreparedModel, source: SampleSource, unit: Unit, setting
                    "next cell")] * E
     if worst:
         rec.carry()
+    if upstream is not None:
+        rec.fill_upstream(upstream, skip)
     return UnitResult(
         samples=_sample_frame(unit, source, shard, rec, chain),
         attention=_attention_frame(unit, att_rows) if att_rows and all(s == STATUS_OK for s, _ in status)
@@ -420,7 +440,8 @@ def _sample_frame(unit: Unit, source: SampleSource, shard: _Shard, rec: _Records
         frames.append(pd.DataFrame({
             "model": unit.cell.model, "attack": unit.cell.attack.label, "eps": float(eps), "index": index,
             "label": shard.label, "clean_pred": shard.clean_pred, "adv_pred": rec.adv_pred[k],
-            "norm": rec.norms[k], "attacked": rec.attacked[k], "broken": rec.adv_pred[k] != shard.label}))
+            "norm": rec.norms[k], "attacked": rec.attacked[k], "broken": rec.adv_pred[k] != shard.label,
+            "skipped_by": rec.skipped_by[k]}))
     return pd.concat(frames, ignore_index=True)[SAMPLE_COLUMNS]
 
 

@@ -17,7 +17,14 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UserError
-from ..results import BOUNDED_NORMS, EPS_TOL, WORST_CASE, broken_at_eps, safe_name  # noqa: F401  (one schema)
+from ..results import (  # noqa: F401  (one schema)
+    BOUNDED_NORMS,
+    COLUMN_DEFAULTS,
+    EPS_TOL,
+    WORST_CASE,
+    broken_at_eps,
+    safe_name,
+)
 
 NORM_NAMES = {"linf": "L-inf", "l2": "L2", "l0": "L0"}  # how norms are named on pages
 
@@ -100,6 +107,12 @@ def _require_columns(path: Path, df: pd.DataFrame, need: tuple[str, ...]) -> Non
     if absent:
         raise UserError(f"{path} lacks columns {absent}: it was not written by this version of "
                         "robustbench-lta (re-run the sweep into a new folder)")
+
+
+def _fill_added_columns(df: pd.DataFrame, column: str) -> None:
+    """A column added to the format later (the cascade's): its default where an older folder lacks it."""
+    if column not in df.columns:
+        df[column] = COLUMN_DEFAULTS[column]
 
 
 def _cell(row: Any) -> str:
@@ -198,6 +211,7 @@ def load_results(dirs: list[Path] | list[str], force: bool = False) -> ResultsBu
         except Exception as exc:
             raise UserError(f"{folder / 'summary.parquet'} cannot be read ({exc}): re-run the sweep") from exc
         _require_columns(folder / "summary.parquet", summary, SUMMARY_NEEDS)
+        _fill_added_columns(summary, "skipped")
         check_summary(folder / "summary.parquet", summary)
         man_path = folder / "manifest.json"
         manifest: dict[str, Any] = {}
@@ -217,6 +231,7 @@ def load_results(dirs: list[Path] | list[str], force: bool = False) -> ResultsBu
         )
         if samples is not None:
             _require_columns(folder / "samples.parquet", samples, SAMPLES_NEEDS)
+            _fill_added_columns(samples, "skipped_by")
             check_samples(folder / "samples.parquet", samples, _manifest_classes(manifest))
         per_folder.append(
             {

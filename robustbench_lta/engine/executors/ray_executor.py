@@ -63,19 +63,20 @@ def _loaded(state: dict[str, Any], model_index: int) -> Any:
 
 def _run_unit(cfg_json: dict[str, Any], model_index: int, attack_label: str, key: str, start: int,
               stop: int) -> tuple[str, int, int, dict[str, Any]]:
-    from ..plan import Cell, Unit, cell_key
+    from ..plan import Unit, plan_cells
     from ..unit import UnitSettings
 
     state = _worker_state(cfg_json)
     cfg: SweepConfig = state["cfg"]
     lm = _loaded(state, model_index)
     worker = state["worker"]
-    plan = state["attacks"][attack_label]
-    mine = cell_key(lm.fingerprint, worker.source.fingerprint, plan, cfg.seed, cfg.accounting)
-    if mine != key:
+    # the same planning as the driver's (cascade upstream cells included), from this worker's view
+    cells = plan_cells([(lm.label, lm.fingerprint)], worker.source.fingerprint,
+                       list(state["attacks"].values()), cfg.seed, cfg.accounting)
+    cell = next(c for c in cells if c.attack.label == attack_label)
+    if cell.key != key:
         raise UserError(f"worker sees other data or weights for {lm.label}/{attack_label} than the driver "
                         "(check that every node has the same checkpoints and data)")
-    cell = Cell(model=lm.label, model_sha256=lm.sha256, attack=plan, key=key)
     settings = UnitSettings(batch_size=cfg.batch_size, seed=cfg.seed, accounting=cfg.accounting)
     s, e, meta = worker.run_unit(lm, Unit(cell, start, stop), settings)
     return cell.id, s, e, meta
@@ -111,6 +112,20 @@ def _gpus_per_task(cfg_device: str, requested: int | float | None, cluster_gpus:
     return 1 if cluster_gpus > 0 else 0
 
 
+def _gather(ray: Any, refs: dict[Any, str], done: dict[str, list[tuple[int, int, dict[str, Any]]]], bar: Any,
+            t0: float) -> None:
+    left = list(refs)
+    while left:
+        ready, left = ray.wait(left, num_returns=1)
+        for ref in ready:
+            out = ray.get(ref)
+            if refs[ref] == "unit":
+                cell_id, s, e, meta = out
+                done.setdefault(cell_id, []).append((s, e, meta))
+            bar.update(1)
+        bar.set_postfix_str(f"{bar.n}/{bar.total} units, {time.perf_counter() - t0:.0f} s")
+
+
 def run_units_on_ray(sweep: Any, store: ResultStore, pending: Any, progress: bool = True
                      ) -> dict[str, list[tuple[int, int, dict[str, Any]]]]:
     try:
@@ -138,25 +153,26 @@ def run_units_on_ray(sweep: Any, store: ResultStore, pending: Any, progress: boo
         pass_task = ray.remote(_run_model_pass).options(**opts)
         cfg_json = cfg.model_dump(mode="json")
         index = {lm.label: i for i, lm in enumerate(sweep.models)}
-        refs = {unit_task.remote(cfg_json, index[u.cell.model], u.cell.attack.label, u.cell.key, u.start,
-                                 u.stop): "unit" for u in pending.units}
-        settings = sweep.model_pass_settings
-        refs.update({pass_task.remote(cfg_json, index[label], key, settings): "pass"
-                     for label, key in pending.model_passes.items()})
+        # cascade accounting: a unit reads its upstream cells' units, so it waits for their wave
+        waves: dict[int, list[Any]] = {}
+        for u in pending.units:
+            waves.setdefault(len(u.cell.upstream), []).append(u)
         done: dict[str, list[tuple[int, int, dict[str, Any]]]] = {}
-        bar = tqdm(total=len(refs), desc=f"sweep on ray ({gpus:g} GPU/task)", unit="unit",
-                   disable=not progress)
-        t0, left = time.perf_counter(), list(refs)
+        settings = sweep.model_pass_settings
+        bar = tqdm(total=len(pending.units) + len(pending.model_passes),
+                   desc=f"sweep on ray ({gpus:g} GPU/task)", unit="unit", disable=not progress)
+        t0 = time.perf_counter()
         try:
-            while left:
-                ready, left = ray.wait(left, num_returns=1)
-                for ref in ready:
-                    out = ray.get(ref)
-                    if refs[ref] == "unit":
-                        cell_id, s, e, meta = out
-                        done.setdefault(cell_id, []).append((s, e, meta))
-                    bar.update(1)
-                bar.set_postfix_str(f"{bar.n}/{bar.total} units, {time.perf_counter() - t0:.0f} s")
+            for depth in sorted(waves):
+                refs = {unit_task.remote(cfg_json, index[u.cell.model], u.cell.attack.label, u.cell.key,
+                                         u.start, u.stop): "unit" for u in waves[depth]}
+                if depth == max(waves):
+                    refs.update({pass_task.remote(cfg_json, index[label], key, settings): "pass"
+                                 for label, key in pending.model_passes.items()})
+                _gather(ray, refs, done, bar, t0)
+            if not waves:
+                _gather(ray, {pass_task.remote(cfg_json, index[label], key, settings): "pass"
+                              for label, key in pending.model_passes.items()}, done, bar, t0)
         finally:
             bar.close()
         # every task has returned: a temporary left now belongs to a worker killed mid-write (its

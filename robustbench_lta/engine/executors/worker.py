@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ...results import SANITY_COLUMNS
+from ..cascade import upstream_breaks
 from ..inputs import SampleSource
 from ..model_pass import ModelPassSettings, run_model_pass
 from ..models import LoadedModel
@@ -38,7 +39,9 @@ class Worker:
 
     def run_unit(self, lm: LoadedModel, unit: Unit, settings: UnitSettings,
                  on_batch: Any = None) -> tuple[int, int, dict[str, Any]]:
-        result = run_attack_unit(self.prepared(lm), self.source, unit, settings, on_batch)
+        index = self.source.index[unit.start:unit.stop]
+        upstream = upstream_breaks(self.store, unit, index) if unit.cell.upstream else None
+        result = run_attack_unit(self.prepared(lm), self.source, unit, settings, on_batch, upstream)
         if result.clean_correct is not None:
             self._clean.setdefault(lm.label, {})[unit.start] = result.clean_correct
         meta = unit_meta(unit, result.eps_status)

@@ -1,0 +1,99 @@
+"""Cascade accounting: cheapest attacks first, each later one only on what the earlier ones left."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from robustbench_lta import run_sweep
+from robustbench_lta.config import SweepConfig, validate
+from robustbench_lta.engine.plan import build_attack_plans, cascade_order, plan_cells
+
+EPS = [0, 1 / 255, 2 / 255, 4 / 255, 8 / 255]
+# deterministic attacks (no random start): the cascade's worst case must equal the full mode's exactly
+ATTACKS = [
+    {"name": "pgd-linf", "label": "pgd5", "params": {"steps": 5, "random_start": False}},
+    {"name": "fgsm"},
+    {"name": "apgd-ce", "params": {"steps": 5}, "eps": [2 / 255, 8 / 255]},
+]
+
+
+def _sweep(ckpt, out, accounting: str, n: int = 96, attacks=ATTACKS, shard_size=None) -> pd.DataFrame:
+    kw = {"shard_size": shard_size} if shard_size else {}
+    return run_sweep({"m": str(ckpt)}, attacks, EPS, data="cluttered-digits", n=n, out=out, progress=False,
+                     sanity_samples=0, attention_samples=0, accounting=accounting, batch_size=32, **kw)
+
+
+def test_cascade_orders_cheapest_first_and_keys_depend_on_upstream() -> None:
+    cfg = validate(SweepConfig, {"models": [{"name": "m", "source": "smallcnn"}], "attacks": [
+        {"name": "square", "params": {"n_queries": 5}}, {"name": "pgd-linf"}, {"name": "fgsm"},
+        {"name": "deepfool"}, {"name": "pgd-l2", "eps": [0.5]}], "eps": [8 / 255]}, "test")
+    plans = build_attack_plans(cfg)
+    assert [a.label for a in cascade_order(plans)] == ["fgsm", "pgd-linf", "pgd-l2", "square", "deepfool"]
+    cells = {c.attack.label: c for c in plan_cells([("m", {"sha256": "x"})], {"d": 1}, plans, 0, "cascade")}
+    assert [u.attack.label for u in cells["square"].upstream] == ["fgsm", "pgd-linf"]  # same norm only
+    assert cells["fgsm"].upstream == () and cells["deepfool"].upstream == ()  # unbounded: no cascade
+    assert [u.attack.label for u in cells["pgd-l2"].upstream] == []
+    # another upstream attack changes a downstream key, not the first attack's
+    other = build_attack_plans(cfg.model_copy(update={"attacks": [cfg.attacks[0], cfg.attacks[2]]}))
+    cells2 = {c.attack.label: c for c in plan_cells([("m", {"sha256": "x"})], {"d": 1}, other, 0, "cascade")}
+    assert cells2["fgsm"].key == cells["fgsm"].key and cells2["square"].key != cells["square"].key
+
+
+def test_cascade_worst_case_equals_full_mode_and_rows_say_what_was_skipped(trained_checkpoints, tmp_path):
+    ckpt = trained_checkpoints["smallcnn"]
+    full = _sweep(ckpt, tmp_path / "full", "worst-case")
+    casc = _sweep(ckpt, tmp_path / "casc", "cascade")
+    key = ["attack", "eps"]
+    wf = full[full["attack"] == "worst-case"].sort_values(key)["robust_acc"].to_numpy()
+    wc = casc[casc["attack"] == "worst-case"].sort_values(key)["robust_acc"].to_numpy()
+    np.testing.assert_array_equal(wf, wc)
+    # per-sample worst case identical too
+    sf = pd.read_parquet(tmp_path / "full" / "samples.parquet")
+    sc = pd.read_parquet(tmp_path / "casc" / "samples.parquet")
+
+    def broken_any(s: pd.DataFrame) -> pd.Series:
+        return s.groupby(["eps", "index"])["broken"].any()
+
+    pd.testing.assert_series_equal(broken_any(sf[sf["eps"].isin([2 / 255, 8 / 255])]),
+                                   broken_any(sc[sc["eps"].isin([2 / 255, 8 / 255])]))
+    # FGSM runs first: its rows are the full mode's; PGD skipped exactly what FGSM had broken
+    fg = casc[(casc["attack"] == "fgsm")].set_index("eps")
+    assert (fg["skipped"] == 0).all()
+    full_fgsm = full[full["attack"] == "fgsm"].set_index("eps")["robust_acc"]
+    pd.testing.assert_series_equal(fg["robust_acc"], full_fgsm)
+    pgd = sc[(sc["attack"] == "pgd5") & (sc["eps"] > 0)]
+    correct = sc["clean_pred"] == sc["label"]
+    fgsm_broken = sc[(sc["attack"] == "fgsm") & sc["broken"] & correct]
+    first_broken = fgsm_broken.groupby("index")["eps"].min()
+    own_hit = pgd["broken"] & (pgd["clean_pred"] == pgd["label"]) & (pgd["skipped_by"] == "")
+    own = pgd[own_hit].groupby("index")["eps"].min()
+    for eps, part in pgd.groupby("eps"):
+        skipped = set(part[part["skipped_by"] == "fgsm"]["index"])
+        expected = set(first_broken[first_broken <= eps + 1e-9].index)
+        # PGD skips what FGSM broke at this budget or below, unless PGD itself broke it at a smaller one
+        assert skipped == expected - set(own[own < eps - 1e-9].index) and skipped
+        assert not part[part["skipped_by"] != ""]["attacked"].any()
+        assert part[part["skipped_by"] != ""]["broken"].all()
+    row = casc[(casc["attack"] == "pgd5") & (casc["eps"] == 8 / 255)].iloc[0]
+    assert row["skipped"] > 0 and row["message"].startswith("cascade:") and "fgsm" in row["message"]
+    # APGD, after both: fed by FGSM and PGD
+    ap = sc[(sc["attack"] == "apgd-ce")]
+    assert set(ap["skipped_by"]) - {""} <= {"fgsm", "pgd5"} and (ap["skipped_by"] != "").any()
+    # fewer attack calls in the cascade
+    work = lambda s: s[s["attack"] != "worst-case"]["backward"].sum()  # noqa: E731
+    assert work(casc) < work(full)
+    # a vacuous comparison (PGD fed by FGSM) is not reported as a pass
+    sanity = pd.read_parquet(tmp_path / "casc" / "sanity.parquet")
+    assert sanity[sanity["check"] == "iterative-at-least-single-step"].empty
+
+
+def test_cascade_resumes_with_another_shard_size(trained_checkpoints, tmp_path) -> None:
+    ckpt = trained_checkpoints["smallcnn"]
+    first = _sweep(ckpt, tmp_path / "r", "cascade", n=64, shard_size=32)
+    again = _sweep(ckpt, tmp_path / "r", "cascade", n=64, shard_size=64)
+    cols = ["attack", "eps", "robust_acc", "skipped"]
+    pd.testing.assert_frame_equal(first[cols].sort_values(cols[:2]).reset_index(drop=True),
+                                  again[cols].sort_values(cols[:2]).reset_index(drop=True))
+    assert again["seconds"].sum() == pytest.approx(first["seconds"].sum())  # nothing recomputed
