@@ -97,3 +97,27 @@ def test_cascade_resumes_with_another_shard_size(trained_checkpoints, tmp_path) 
     pd.testing.assert_frame_equal(first[cols].sort_values(cols[:2]).reset_index(drop=True),
                                   again[cols].sort_values(cols[:2]).reset_index(drop=True))
     assert again["seconds"].sum() == pytest.approx(first["seconds"].sum())  # nothing recomputed
+
+
+def test_cascade_report_separates_cascade_rows_from_each_attacks_own(trained_checkpoints, tmp_path) -> None:
+    from robustbench_lta.reporting.load import CASCADE_SUFFIX, load_results
+    from robustbench_lta.reporting.pdf import build_report
+
+    out = tmp_path / "casc"
+    summary = _sweep(trained_checkpoints["smallcnn_att2_concat_pc"], out, "cascade", n=64)
+    bundle = load_results([out])
+    shown = set(bundle.summary["attack"])
+    assert f"pgd5{CASCADE_SUFFIX}" in shown and "fgsm" in shown and f"fgsm{CASCADE_SUFFIX}" not in shown
+    # the attack's own rows keep only budgets where it skipped nothing
+    own = bundle.summary[bundle.summary["attack"] == "pgd5"]
+    assert set(own["eps"]) == set(summary[(summary["attack"] == "pgd5") & (summary["skipped"] == 0)]["eps"])
+    # the worst case the report recomputes per sample is the engine's
+    from robustbench_lta.reporting.load import worst_case_per_sample
+
+    grid = sorted(set(bundle.summary["eps"]))
+    wc = worst_case_per_sample(bundle.summary, bundle.samples, "m", "linf", grid)
+    engine = summary[summary["attack"] == "worst-case"].set_index("eps")["robust_acc"]
+    for eps in grid:
+        assert wc[eps].mean() == pytest.approx(engine[eps])
+    report = build_report([out], tmp_path / "r.pdf")
+    assert report.pdf.is_file() and any(CASCADE_SUFFIX in m for m in bundle.missing)

@@ -109,6 +109,33 @@ def _require_columns(path: Path, df: pd.DataFrame, need: tuple[str, ...]) -> Non
                         "robustbench-lta (re-run the sweep into a new folder)")
 
 
+#: appended to the attack label of a cascade row that counts samples other attacks broke
+CASCADE_SUFFIX = " (cascade)"
+
+
+def cascade_relabel(summary: pd.DataFrame, samples: pd.DataFrame | None) -> bool:
+    """Relabel, in place, per-attack cells whose row skipped samples (cascade accounting).
+
+    Such a row's robust accuracy is the cascade's up to that attack, not the attack's own: under the
+    attack's name it would read as that attack's strength (a curve, a "strongest attack"). Its
+    summary and sample rows become ``<attack> (cascade)``; the worst case, recomputed per sample from
+    the same rows, is unchanged. Returns whether any row was relabelled.
+    """
+    if "skipped" not in summary.columns:
+        return False
+    hit = (summary["attack"] != WORST_CASE) & (summary["skipped"].fillna(0).astype(int) > 0)
+    if not hit.any():
+        return False
+    keys = summary.loc[hit, ["model", "attack", "eps"]].drop_duplicates()
+    summary.loc[hit, "attack"] = summary.loc[hit, "attack"].astype(str) + CASCADE_SUFFIX
+    if samples is not None and not samples.empty:
+        rows = samples[["model", "attack", "eps"]].assign(_row=np.arange(len(samples)))
+        at = rows.merge(keys, on=["model", "attack", "eps"])["_row"].to_numpy()
+        col = samples.columns.get_loc("attack")
+        samples.iloc[at, col] = samples.iloc[at, col].astype(str) + CASCADE_SUFFIX
+    return True
+
+
 def _fill_added_columns(df: pd.DataFrame, column: str) -> None:
     """A column added to the format later (the cascade's): its default where an older folder lacks it."""
     if column not in df.columns:
@@ -305,6 +332,12 @@ def load_results(dirs: list[Path] | list[str], force: bool = False) -> ResultsBu
     def cat(key: str) -> pd.DataFrame | None:
         return pd.concat(frames[key], ignore_index=True) if frames[key] else None
 
+    samples_all = cat("samples")
+    if cascade_relabel(summary, samples_all):
+        missing.append("cascade accounting: rows where an attack skipped samples earlier attacks had broken "
+                       f"are shown as '<attack>{CASCADE_SUFFIX}' (the cascade's figure up to that attack), "
+                       "apart from the attack's own complete rows")
+
     models = sorted(set(summary["model"].astype(str)))
     classes = None
     for man in manifests.values():
@@ -318,7 +351,7 @@ def load_results(dirs: list[Path] | list[str], force: bool = False) -> ResultsBu
         folders=folders,
         manifests=manifests,
         summary=summary,
-        samples=cat("samples"),
+        samples=samples_all,
         sanity=cat("sanity"),
         attention=cat("attention"),
         attention_npz=npz,
