@@ -111,7 +111,7 @@ def evaluate(args: argparse.Namespace, root: Path, rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=["vgg16"])
+    p.add_argument("--models", nargs="*", default=["vgg16"], help="models to train (none: only --also)")
     p.add_argument("--width", type=float, default=0.25)
     p.add_argument("--method", default="fgsm-rs", choices=["fgsm-rs", "pgd", "trades"])
     p.add_argument("--eps", type=float, default=8.0, help="training budget in /255 units")
