@@ -42,8 +42,14 @@ _PLUGINS_OPTION = click.option(
          "and attacks.")
 _THREADS_OPTION = click.option(
     "--threads", type=click.IntRange(min=1), default=None,
-    help="CPU threads for torch (default: every core this process may use). Two jobs on the same "
-         "cores: give each its share.")
+    help="CPU threads for torch (default: the cores this process may use, less those other jobs keep "
+         "busy by the 1-minute load average). Two jobs on the same cores: give each its share.")
+
+
+def _apply_threads(threads: int | None) -> int:
+    from .config import apply_threads
+
+    return apply_threads(threads)
 
 
 def _load_plugins(paths: tuple[str, ...] | list[str]) -> None:
@@ -78,8 +84,10 @@ def cli(debug: bool) -> None:
 @cli.command("models")
 @click.argument("pattern", default="*")
 @_PLUGINS_OPTION
-def models_cmd(pattern: str, plugin_paths: tuple[str, ...]) -> None:
+@_THREADS_OPTION
+def models_cmd(pattern: str, plugin_paths: tuple[str, ...], threads: int | None) -> None:
     """List registered models (optionally matching PATTERN, e.g. 'vgg16_att*')."""
+    _apply_threads(threads)
     import torch
 
     from .models.compute import registry_gmacs
@@ -115,8 +123,10 @@ def models_cmd(pattern: str, plugin_paths: tuple[str, ...]) -> None:
 @click.option("--root", default=None,
               help="Where torchvision datasets live (default $ROBUSTBENCH_LTA_DATA, else ./data).")
 @_PLUGINS_OPTION
-def data_cmd(root: str | None, plugin_paths: tuple[str, ...]) -> None:
+@_THREADS_OPTION
+def data_cmd(root: str | None, plugin_paths: tuple[str, ...], threads: int | None) -> None:
     """List datasets and whether each is available locally."""
+    _apply_threads(threads)
     from .data.registry import dataset_available, list_datasets
 
     _load_plugins(plugin_paths)
@@ -220,8 +230,10 @@ def _setup_line(command: str, device: Any, amp: str, channels_last: bool, compil
 # ------------------------------------------------------------------------------------ attacks
 @cli.command("attacks")
 @_PLUGINS_OPTION
-def attacks_cmd(plugin_paths: tuple[str, ...]) -> None:
+@_THREADS_OPTION
+def attacks_cmd(plugin_paths: tuple[str, ...], threads: int | None) -> None:
     """List every discovered attack with its threat model and source."""
+    _apply_threads(threads)
     from .plugins.registry import list_attacks
 
     _load_plugins(plugin_paths)
@@ -478,7 +490,9 @@ def _check_attention_keys(folder: Path) -> None:
 @click.option("--curves", type=click.Choice(["robust", "conditional", "both"]), default="both",
               show_default=True,
               help="Curves of robust accuracy, of robust accuracy among clean-correct images, or both.")
-def report_cmd(results: tuple[str, ...], out: str, title: str | None, force: bool, curves: str) -> None:
+@_THREADS_OPTION
+def report_cmd(results: tuple[str, ...], out: str, title: str | None, force: bool, curves: str,
+               threads: int | None) -> None:
     """Make a comparison report (PDF + PNG figures + CSV/Markdown tables) from RESULTS folders.
 
     Folders that evaluated different data or samples are refused unless --force. When no strong
@@ -487,6 +501,7 @@ def report_cmd(results: tuple[str, ...], out: str, title: str | None, force: boo
     """
     from .reporting.pdf import build_report
 
+    _apply_threads(threads)
     for folder in results:
         check_attention_files(Path(folder))
         _check_attention_keys(Path(folder))
@@ -502,9 +517,10 @@ def report_cmd(results: tuple[str, ...], out: str, title: str | None, force: boo
 @cli.command("demo")
 @click.option("--skip-train", is_flag=True, help="Reuse the demo checkpoints in runs/.")
 @click.option("--quick", is_flag=True, help="A smaller sweep (fewer samples and attacks).")
-def demo_cmd(skip_train: bool, quick: bool) -> None:
+@_THREADS_OPTION
+def demo_cmd(skip_train: bool, quick: bool, threads: int | None) -> None:
     """Train a baseline and an attention model on cluttered-digits, sweep them, write reports/demo.pdf."""
-    from .config import SweepConfig, TrainConfig, load_config
+    from .config import SweepConfig, TrainConfig, apply_threads, load_config
     from .engine.executors import run_with_executor
     from .reporting.pdf import build_report
     from .training.trainer import train
@@ -516,12 +532,15 @@ def demo_cmd(skip_train: bool, quick: bool) -> None:
     for p in [*train_cfgs, sweep_path]:
         if not p.is_file():
             raise UserError(f"{p} not found: run the demo from the repository root")
+    threads = apply_threads(threads)
+    click.echo(f"demo: {threads} CPU thread(s) (--threads to change)", err=True)
     if not skip_train:
         for path in train_cfgs:
-            result = train(load_config(TrainConfig, path))
+            result = train(load_config(TrainConfig, path, [f"threads={threads}"]))
             click.echo(f"{path.name}: test accuracy {result.test_acc:.2%} (chosen epoch {result.best_epoch})")
     # the demo owns its results folder: a quick run may replace a full one and vice versa
-    overrides = ["replace=true"] + (["n=200", "attacks=[{name: fgsm}, {name: pgd-linf}]"] if quick else [])
+    overrides = ["replace=true", f"threads={threads}"] + (
+        ["n=200", "attacks=[{name: fgsm}, {name: pgd-linf}]"] if quick else [])
     cfg = load_config(SweepConfig, sweep_path, overrides)
     summary = run_with_executor(cfg, progress=True)
     _print_summary(summary)
