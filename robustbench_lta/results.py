@@ -47,6 +47,8 @@ SAMPLE_COLUMNS = ["model", "attack", "eps", "index", "label", "clean_pred", "adv
 SAMPLE_DTYPES = {"model": "object", "attack": "object", "eps": "float64", "index": "int64",
                  "label": "int64", "clean_pred": "int64", "adv_pred": "int64", "norm": "float64",
                  "attacked": "bool", "broken": "bool", "skipped_by": "object"}
+#: how readers label a cascade row (an attack's row that counts samples earlier attacks broke)
+CASCADE_SUFFIX = " (cascade)"
 #: columns added after format 2's first folders; readers fill them with these values when absent
 COLUMN_DEFAULTS = {"skipped_by": "", "skipped": 0}
 ATTENTION_COLUMNS = ["model", "attack", "eps", "index", "level", "js_divergence", "box_mass_clean",

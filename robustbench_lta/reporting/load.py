@@ -19,6 +19,7 @@ import pandas as pd
 from ..errors import UserError
 from ..results import (  # noqa: F401  (one schema)
     BOUNDED_NORMS,
+    CASCADE_SUFFIX,
     COLUMN_DEFAULTS,
     EPS_TOL,
     WORST_CASE,
@@ -107,10 +108,6 @@ def _require_columns(path: Path, df: pd.DataFrame, need: tuple[str, ...]) -> Non
     if absent:
         raise UserError(f"{path} lacks columns {absent}: it was not written by this version of "
                         "robustbench-lta (re-run the sweep into a new folder)")
-
-
-#: appended to the attack label of a cascade row that counts samples other attacks broke
-CASCADE_SUFFIX = " (cascade)"
 
 
 def cascade_relabel(summary: pd.DataFrame, samples: pd.DataFrame | None) -> bool:

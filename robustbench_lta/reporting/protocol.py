@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..results import EPS_TOL, WORST_CASE
+from ..results import CASCADE_SUFFIX, EPS_TOL, WORST_CASE
 from ..training.selection import selection_note
 
 STRONG_STEPS = 50
@@ -122,6 +122,18 @@ def attack_specs(manifest: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any
     return out
 
 
+#: single-step attacks and noise: on a tie they are never named the strongest
+_ONE_STEP = ("fgsm", "fgm", "noise", "gaussian")
+
+
+def _family_rank(label: str, strong: dict[str, str], specs: dict[str, tuple[str, dict[str, Any]]]) -> int:
+    """Tie-break for "strongest": a strong attack, then any multi-step one, then single-step ones."""
+    if label in strong:
+        return 0
+    name = specs.get(label, (label, {}))[0].lower()
+    return 2 if any(k in name for k in _ONE_STEP) and "pgd" not in name else 1
+
+
 def strength_at(
     summary: pd.DataFrame, specs: dict[str, tuple[str, dict[str, Any]]], model: str, norm: str, eps: float
 ) -> dict[str, Any]:
@@ -139,13 +151,14 @@ def strength_at(
     attacks = sorted(set(rows["attack"].astype(str)))
     strong = {}
     for a in attacks:
-        name, params = specs.get(a, (a, {}))
+        # a cascade row ("pgd-linf (cascade)") is the cascade up to that attack: its spec is the attack's
+        name, params = specs.get(a) or specs.get(a.removesuffix(CASCADE_SUFFIX), (a, {}))
         why = attack_strength(name, params)
         if why:
             strong[a] = why
     best = None
     if len(rows):
-        r = rows.assign(_s=[0 if str(a) in strong else 1 for a in rows["attack"]])
+        r = rows.assign(_s=[_family_rank(str(a), strong, specs) for a in rows["attack"]])
         r = r.sort_values(["robust_acc", "_s", "attack"], kind="stable")
         best = (str(r["attack"].iloc[0]), float(r["robust_acc"].iloc[0]))
     return {"attacks": attacks, "strong": strong, "strongest": best}

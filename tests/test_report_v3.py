@@ -1,0 +1,28 @@
+"""Report v3: page-1 facts that must not mislead."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from robustbench_lta.reporting.protocol import strength_at
+
+
+def _rows(accs: dict[str, float]) -> pd.DataFrame:
+    return pd.DataFrame([{"model": "m", "norm": "linf", "attack": a, "status": "ok", "eps": 8 / 255,
+                          "robust_acc": r} for a, r in accs.items()])
+
+
+def test_a_tie_names_the_stronger_attack_family_not_the_single_step_one() -> None:
+    specs = {"fgsm": ("fgsm", {}), "pgd-linf": ("pgd-linf", {"steps": 10}),
+             "gaussian-noise": ("gaussian-noise", {}), "autoattack": ("autoattack", {})}
+    assert strength_at(_rows({"fgsm": 0.0, "pgd-linf": 0.0}), specs, "m", "linf", 8 / 255)["strongest"] == \
+        ("pgd-linf", 0.0)
+    got = strength_at(_rows({"fgsm": 0.0, "gaussian-noise": 0.0, "pgd-linf": 0.0, "autoattack": 0.0}), specs,
+                      "m", "linf", 8 / 255)
+    assert got["strongest"] == ("autoattack", 0.0) and set(got["strong"]) == {"autoattack"}
+    # a lower figure still wins whatever its family
+    lower = strength_at(_rows({"fgsm": 0.1, "pgd-linf": 0.2}), specs, "m", "linf", 8 / 255)
+    assert lower["strongest"][0] == "fgsm"
+    # a cascade row is looked up by its attack's spec
+    got = strength_at(_rows({"autoattack (cascade)": 0.05, "fgsm": 0.3}), specs, "m", "linf", 8 / 255)
+    assert got["strong"] == {"autoattack (cascade)": "AutoAttack"}
