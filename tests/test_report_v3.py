@@ -26,3 +26,13 @@ def test_a_tie_names_the_stronger_attack_family_not_the_single_step_one() -> Non
     # a cascade row is looked up by its attack's spec
     got = strength_at(_rows({"autoattack (cascade)": 0.05, "fgsm": 0.3}), specs, "m", "linf", 8 / 255)
     assert got["strong"] == {"autoattack (cascade)": "AutoAttack"}
+
+
+def test_an_outside_models_selection_note_gives_no_retrain_advice() -> None:
+    from robustbench_lta.training.selection import selection_note
+
+    zoo = {"source": "robustbench:cifar10/Linf/Standard", "architecture": "WideResNet", "details": {}}
+    note = selection_note(zoo, "Standard")
+    assert note is not None and "outside model" in note and "Retrain" not in note
+    ours = {"source": "runs/x/best.safetensors", "details": {"training": {"epochs": 3}}}
+    assert "Retrain" in selection_note(ours, "ours")  # a project checkpoint without a selection section

@@ -98,7 +98,13 @@ def selection_note(card: dict[str, Any] | None, label: str, evaluated_split: str
     section (older trainers chose ``best`` on the test split; outside models say nothing) and
     selection on the evaluated split each give a sentence saying so.
     """
+    outside = bool(card) and "source" in card and not card.get("details")
     card = unwrap_card(card)
+    if outside:  # a zoo/library model: its authors chose it, nothing here can retrain it
+        return (
+            f"{label}: an outside model ({card.get('source')}); which data chose its checkpoint is for its "
+            f"authors to report: if that was this {evaluated_split} split, its numbers here are optimistic."
+        )
     if not card:
         return (
             f"{label}: no model card, so how this checkpoint was chosen is unknown; if it was chosen on "
