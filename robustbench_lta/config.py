@@ -326,7 +326,8 @@ class SweepConfig(_Strict):
     )
     attention_samples: int = Field(8, ge=0, description="images whose attention maps are stored")
     sanity_samples: int = Field(
-        64, ge=0, description="samples for the model checks and the large-eps probe (0: skip the probe)"
+        64, ge=0, description="samples for the model checks and the large-eps probe (the probe takes at most "
+        "n/8 of them, at least 16; 0: skip the probe)"
     )
     amp: Literal["auto", "bf16", "fp16", "off"] = Field(
         "off", description="autocast for attack forwards (auto: bf16 where the GPU or CPU has it natively, "

@@ -85,6 +85,15 @@ def _first_correct(pm: PreparedModel, source: SampleSource, want: int, batch_siz
     return pos, torch.cat(xs), torch.cat(ys), seen
 
 
+def probe_samples(sanity_samples: int, n: int) -> int:
+    """Samples the large-eps probe attacks: ``sanity_samples``, but at most n / 8 (at least 16).
+
+    The probe only asks whether a huge budget brings accuracy near chance; 16 samples answer that
+    for a masked model (which stays far above it), and a small sweep is not dominated by the check.
+    """
+    return min(sanity_samples, max(CHECK_SAMPLES, n // 8))
+
+
 def run_model_pass(pm: PreparedModel, source: SampleSource, settings: ModelPassSettings,
                    known_correct: np.ndarray | None = None) -> ModelPassResult:
     """Checks, probe and figure data of one model; ``known_correct`` as in :func:`_first_correct`."""
@@ -98,7 +107,7 @@ def run_model_pass(pm: PreparedModel, source: SampleSource, settings: ModelPassS
     want = max(settings.sanity_samples, settings.attention_samples if pm.has_attention else 0)
     pos, xc, yc, seen = _first_correct(pm, source, want, settings.batch_size, known_correct)
     if settings.sanity_samples and len(pos):
-        n = min(settings.sanity_samples, len(pos))
+        n = min(probe_samples(settings.sanity_samples, source.n), len(pos))
         probe = get_attack("pgd-linf", seed=derive_seed(settings.seed, pm.loaded.sha256, "probe"),
                            steps=PROBE_STEPS)
         adv = probe.perturb(pm.model, xc[:n], yc[:n], LARGE_EPS)
