@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from robustbench_lta import run_sweep
 from robustbench_lta.config import SweepConfig, validate
@@ -121,3 +122,34 @@ def test_cascade_report_separates_cascade_rows_from_each_attacks_own(trained_che
         assert wc[eps].mean() == pytest.approx(engine[eps])
     report = build_report([out], tmp_path / "r.pdf")
     assert report.pdf.is_file() and any(CASCADE_SUFFIX in m for m in bundle.missing)
+
+
+class _CountingDigits(torch.utils.data.Dataset):
+    """A lazy map-style dataset that counts how often each image is decoded."""
+
+    def __init__(self, n: int) -> None:
+        from robustbench_lta.data.registry import load_dataset
+
+        super().__init__()
+        ds = load_dataset("cluttered-digits", split="test", n=n)
+        self.x, self.y, self.classes = ds.images, ds.labels, ds.classes
+        self.reads = 0
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int):
+        self.reads += 1
+        return self.x[i].float() / 255, int(self.y[i])
+
+
+def test_a_streamed_shard_is_decoded_once_per_unit_not_per_budget(trained_checkpoints, tmp_path) -> None:
+    reads = {}
+    for eps in ([8 / 255], [1 / 255, 2 / 255, 4 / 255, 8 / 255]):
+        data = _CountingDigits(128)
+        run_sweep({"m": str(trained_checkpoints["smallcnn"])}, [{"name": "pgd-linf", "params": {"steps": 2}}],
+                  eps, data=data, n=128, out=tmp_path / f"r{len(eps)}", progress=False, sanity_samples=0,
+                  attention_samples=0, batch_size=32, shard_size=64)
+        reads[len(eps)] = data.reads
+    # fingerprint probes + one decode per sample (two units of 64); the budgets add nothing
+    assert reads[4] == reads[1] and reads[1] <= 128 + 40

@@ -105,6 +105,51 @@ class SampleSource:
             yield pos, x, torch.as_tensor(yb).long().to(device)
 
 
+#: largest decoded shard kept in memory for one unit (beyond it the shard streams once per budget)
+SHARD_CACHE_BYTES = 512 * 2**20
+
+
+class ShardSource:
+    """One unit's shard of a lazy source, decoded once: a unit reads its images once per budget.
+
+    Everything but :meth:`batches` is the wrapped source's. :func:`shard_view` decides when to use it.
+    """
+
+    def __init__(self, source: SampleSource, start: int, x: torch.Tensor, y: torch.Tensor) -> None:
+        self._source, self._start, self._x, self._y = source, start, x, y
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._source, name)
+
+    @property
+    def in_memory(self) -> bool:
+        return True
+
+    def batches(self, positions: np.ndarray, batch_size: int, device: torch.device
+                ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+        positions = np.asarray(positions, dtype=np.int64)
+        for start in range(0, len(positions), batch_size):
+            pos = positions[start:start + batch_size]
+            sel = torch.as_tensor(pos - self._start)
+            yield pos, to_engine_layout(self._x[sel], device), self._y[sel].to(device)
+
+
+def shard_view(source: SampleSource, start: int, stop: int, batch_size: int,
+               budget_bytes: int | None = None) -> SampleSource | ShardSource:
+    """``source`` itself when in memory; else positions ``[start, stop)`` decoded once into memory
+    when they fit ``budget_bytes`` (judged on the first batch), else ``source`` (streamed per budget)."""
+    budget = SHARD_CACHE_BYTES if budget_bytes is None else budget_bytes
+    if source.in_memory or stop <= start:
+        return source
+    xs, ys = [], []
+    for _pos, x, y in source.batches(np.arange(start, stop), batch_size, torch.device("cpu")):
+        if not xs and x.element_size() * x[0].numel() * (stop - start) > budget:
+            return source  # too large to hold: one batch decoded for nothing, the rest streams
+        xs.append(x.contiguous())
+        ys.append(y)
+    return ShardSource(source, start, torch.cat(xs), torch.cat(ys))
+
+
 def _checked(loader: DataLoader) -> Iterator[Any]:
     try:
         yield from loader

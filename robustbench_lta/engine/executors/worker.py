@@ -9,7 +9,7 @@ import pandas as pd
 
 from ...results import SANITY_COLUMNS
 from ..cascade import upstream_breaks
-from ..inputs import SampleSource
+from ..inputs import SampleSource, shard_view
 from ..model_pass import ModelPassSettings, run_model_pass
 from ..models import LoadedModel
 from ..plan import Unit
@@ -41,7 +41,10 @@ class Worker:
                  on_batch: Any = None) -> tuple[int, int, dict[str, Any]]:
         index = self.source.index[unit.start:unit.stop]
         upstream = upstream_breaks(self.store, unit, index) if unit.cell.upstream else None
-        result = run_attack_unit(self.prepared(lm), self.source, unit, settings, on_batch, upstream)
+        pm = self.prepared(lm)
+        # a streamed shard is decoded once for the clean pass and every budget, not once per budget
+        source = shard_view(self.source, unit.start, unit.stop, settings.batch_size)
+        result = run_attack_unit(pm, source, unit, settings, on_batch, upstream)
         if result.clean_correct is not None:
             self._clean.setdefault(lm.label, {})[unit.start] = result.clean_correct
         meta = unit_meta(unit, result.eps_status)
