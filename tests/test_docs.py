@@ -13,10 +13,12 @@ preceded by a marker comment that changes how it runs (the convention is in docs
     <!-- doc-test: file: PATH -->               the block is written to PATH, not run
     <!-- doc-test: validate: train|sweep -->    a YAML block is validated as that config
     <!-- doc-test: exit: N -->                  the block's last command must exit with N
+    <!-- doc-test: message: TEXT -->            ... and print TEXT (required with exit: N > 0)
     <!-- doc-test: timeout: SECONDS -->         per block (default 900: a hang, not a budget)
 
 Directives combine with ``;`` (so a reason cannot contain one). Blocks in other languages
-(``yaml`` without a marker, ``text``, ``json``, indented blocks) are not run. Also here:
+(``yaml`` without a marker, ``text``, ``json``) are not run; indented command blocks are checked
+as ``help`` blocks. Also here:
 docs/config.md must match the generator, and every ``path.py:name`` a page cites must exist.
 """
 
@@ -56,7 +58,7 @@ class Block:
         return f"{path}:{self.line}"
 
 
-DIRECTIVES = {"skip", "help", "append", "replace", "file", "validate", "exit", "timeout"}
+DIRECTIVES = {"skip", "help", "append", "replace", "file", "validate", "exit", "message", "timeout"}
 
 
 def parse_directives(text: str) -> dict[str, list[str]]:
@@ -102,6 +104,47 @@ def parse_blocks(path: Path, text: str | None = None) -> list[Block]:
     return blocks
 
 
+#: an indented (4+ spaces) line outside fences that starts a command a reader would copy
+INDENTED_COMMAND = re.compile(r"^ {4,}(?:[A-Z_][A-Z0-9_]*=\S+\s+)*(robustbench-lta|python3?|make)\b")
+
+
+def indented_blocks(path: Path, text: str | None = None) -> list[Block]:
+    """Indented command blocks (Markdown's other code block): checked like ``help`` blocks.
+
+    A run of lines indented by 4+ spaces, outside fences, whose first line is a ``robustbench-lta``,
+    ``python SCRIPT.py`` or ``make`` command (after ``VAR=value`` settings); backslash continuations
+    and further commands of the run belong to it.
+    """
+    lines = (path.read_text() if text is None else text).splitlines()
+    blocks: list[Block] = []
+    fence, i = False, 0
+    while i < len(lines):
+        if lines[i].strip().startswith("```"):
+            fence = not fence
+            i += 1
+            continue
+        if fence or not INDENTED_COMMAND.match(lines[i]):
+            i += 1
+            continue
+        j = i
+        while j < len(lines) and lines[j].startswith("    ") and lines[j].strip():
+            j += 1
+        blocks.append(Block(path, i + 1, "indented", "\n".join(ln.strip() for ln in lines[i:j]) + "\n",
+                            {"help": [""]}))
+        i = j
+    return blocks
+
+
+def _listed_options(help_text: str) -> set[str]:
+    """The flags a --help output lists as options (click and argparse layouts), not its prose."""
+    found: set[str] = set()
+    for line in help_text.splitlines():
+        m = re.match(r"^\s{1,8}((?:-\w,?\s+)?--[\w-]+(?:\s*/\s*--[\w-]+)?(?:,\s*--[\w-]+)*)", line)
+        if m:
+            found |= set(re.findall(r"--[\w-]+", m.group(1)))
+    return found
+
+
 def _commands(code: str) -> list[list[str]]:
     """Shell commands of a block as token lists (continuations joined, comments dropped)."""
     joined = re.sub(r"\\\n\s*", " ", code)
@@ -129,7 +172,15 @@ def _fail(block: Block, what: str, res: subprocess.CompletedProcess) -> None:
 def _help_check(block: Block, work: Path, timeout: int) -> None:
     """Each command with --help: the command must exist and every --flag it uses must be listed."""
     for tokens in _commands(block.code):
+        while tokens and re.match(r"^[A-Z_][A-Z0-9_]*=", tokens[0]):  # VAR=value settings
+            tokens = tokens[1:]
         prog = tokens[0]
+        if prog == "make":
+            targets = re.findall(r"^([\w-]+)\s*:", (ROOT / "Makefile").read_text(), re.M)
+            missing = [t for t in tokens[1:] if "=" not in t and not t.startswith("-") and t not in targets]
+            if missing:
+                pytest.fail(f"{block.where}: `{shlex.join(tokens)}`: no Makefile target {missing[0]!r}")
+            continue
         if prog == "robustbench-lta":
             sub = [t for t in tokens[1:2] if not t.startswith("-")]
             base = [prog, *sub]
@@ -140,7 +191,7 @@ def _help_check(block: Block, work: Path, timeout: int) -> None:
         res = _run([*base, "--help"], work, timeout)
         if res.returncode != 0:
             _fail(block, f"`{shlex.join([*base, '--help'])}` failed", res)
-        listed = set(re.findall(r"(--[\w-]+)", res.stdout))
+        listed = _listed_options(res.stdout)
         used = {t.split("=", 1)[0] for t in tokens if t.startswith("--")}
         unknown = sorted(used - listed - {"--help"})
         if unknown:
@@ -191,6 +242,9 @@ def run_block(block: Block, work: Path) -> str:
             (work / d["file"][0]).parent.mkdir(parents=True, exist_ok=True)
             (work / d["file"][0]).write_text(code)
         return f"validated as {kind} config"
+    if block.lang == "indented":
+        _help_check(block, work, timeout)
+        return "indented: checked with --help"
     if block.lang not in RUNNABLE:
         return "not runnable"
     if "help" in d:
@@ -205,13 +259,20 @@ def run_block(block: Block, work: Path) -> str:
         res = _run([sys.executable, "-c", code], work, timeout)
     if res.returncode != expect:
         _fail(block, f"expected exit {expect}", res)
+    if expect:
+        messages = d.get("message", [])
+        assert messages, f"{block.where}: `exit: {expect}` needs `message: TEXT`, the error it shows"
+        for text in messages:
+            if text not in res.stdout + res.stderr:
+                _fail(block, f"exit {expect} as expected, but without the message {text!r}", res)
     return f"ran, exit {res.returncode}"
 
 
 @pytest.mark.parametrize("doc", DOC_FILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_doc_blocks_run(doc: Path, tmp_path: Path) -> None:
-    blocks = parse_blocks(doc)
-    if not any(b.lang in RUNNABLE or "validate" in b.directives or "file" in b.directives for b in blocks):
+    blocks = parse_blocks(doc) + indented_blocks(doc)
+    if not any(b.lang in RUNNABLE or "validate" in b.directives or "file" in b.directives
+               or b.lang == "indented" for b in blocks):
         pytest.skip(f"{doc.name} has no runnable block")
     work = tmp_path / "work"
     work.mkdir()
@@ -242,6 +303,47 @@ def test_a_misspelt_flag_fails(tmp_path: Path) -> None:
         run_block(block, tmp_path)
     (block,) = parse_blocks(tmp_path / "x.md", MISSPELT.replace("--ovt", "--out"))
     assert run_block(block, tmp_path) == "checked with --help"
+
+
+INDENTED = """
+Run it:
+
+    robustbench-lta sweep --model runs/x --attack fgsm --epz 0,8
+
+and then:
+
+    QUICK=1 make gpu-study
+"""
+
+
+def test_an_indented_command_block_is_checked_too(tmp_path: Path) -> None:
+    blocks = indented_blocks(tmp_path / "x.md", INDENTED)
+    assert [b.line for b in blocks] == [4, 8]
+    with pytest.raises(pytest.fail.Exception, match="uses --epz, which .*sweep --help. does not list"):
+        run_block(blocks[0], tmp_path)
+    assert run_block(blocks[1], tmp_path) == "indented: checked with --help"
+    wrong = indented_blocks(tmp_path / "x.md", "text\n\n    make gpu-stduy\n")[0]
+    with pytest.raises(pytest.fail.Exception, match="no Makefile target 'gpu-stduy'"):
+        run_block(wrong, tmp_path)
+
+
+def test_help_flags_come_from_the_option_list_not_the_prose() -> None:
+    text = ("Usage: x [OPTIONS]\n\n  Mentions --not-an-option in prose.\n\nOptions:\n"
+            "  --out TEXT        where\n  -q, --quiet       hush\n  --amp / --no-amp  both\n"
+            "  --threads THREADS\n")
+    assert _listed_options(text) == {"--out", "--quiet", "--amp", "--no-amp", "--threads"}
+
+
+def test_an_error_example_must_show_its_message(tmp_path: Path) -> None:
+    text = "<!-- doc-test: exit: 3 -->\n```bash\necho 'error: boom' >&2; exit 3\n```\n"
+    (block,) = parse_blocks(tmp_path / "x.md", text)
+    with pytest.raises(AssertionError, match="needs `message: TEXT`"):
+        run_block(block, tmp_path)
+    (block,) = parse_blocks(tmp_path / "x.md", text.replace("exit: 3", "exit: 3; message: error: boom"))
+    assert run_block(block, tmp_path) == "ran, exit 3"
+    (block,) = parse_blocks(tmp_path / "x.md", text.replace("exit: 3", "exit: 3; message: other"))
+    with pytest.raises(pytest.fail.Exception, match="without the message 'other'"):
+        run_block(block, tmp_path)
 
 
 def test_markers_are_parsed(tmp_path: Path) -> None:
