@@ -85,7 +85,8 @@ def attention_section(
         if path is None:
             continue
         try:
-            fig = map_grid_page(m, path, bundle.classes, _title(3) if first else f"Attention maps: {m}")
+            title = _title(3) if first else f"{_title(3)} (continued): maps of {m}"
+            fig = map_grid_page(m, path, bundle.classes, title)
         except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
             result.warnings.append(f"attention maps of {m} could not be drawn: {exc}")
             continue
@@ -95,7 +96,7 @@ def attention_section(
     if drift is not None and not drift.empty:
         result.tables += write_table(drift, sink.png_dir, "attention_drift")
         sink.add(
-            drift_page(drift, palette, _title(3) if first else "Attention drift under attack"),
+            drift_page(drift, palette, _title(3) if first else f"{_title(3)} (continued): drift"),
             "attention_drift",
         )
         first = False
