@@ -36,3 +36,17 @@ def test_an_outside_models_selection_note_gives_no_retrain_advice() -> None:
     assert note is not None and "outside model" in note and "Retrain" not in note
     ours = {"source": "runs/x/best.safetensors", "details": {"training": {"epochs": 3}}}
     assert "Retrain" in selection_note(ours, "ours")  # a project checkpoint without a selection section
+
+
+def test_worst_case_budgets_where_an_attack_did_not_run_are_named() -> None:
+    from robustbench_lta.reporting.curves import incomplete_budgets
+
+    rows = [{"model": "m", "norm": "linf", "attack": a, "status": "ok", "eps": e / 255, "robust_acc": 0.5}
+            for a, grid in (("fgsm", [0, 2, 4, 8]), ("pgd-linf", [2, 4, 8]), ("autoattack", [8]))
+            for e in grid]
+    rows.append({"model": "m", "norm": "linf", "attack": "worst-case", "status": "ok", "eps": 4 / 255,
+                 "robust_acc": 0.4})
+    rows.append({"model": "m", "norm": "linf", "attack": "pgd-linf (cascade)", "status": "ok",
+                 "eps": 8 / 255, "robust_acc": 0.3})
+    got = incomplete_budgets(pd.DataFrame(rows), "m", "linf")
+    assert got == {round(2 / 255, 9): ["autoattack"], round(4 / 255, 9): ["autoattack"]}

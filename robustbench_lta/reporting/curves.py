@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from ..results import CASCADE_SUFFIX
 from .load import (
     EPS_TOL,
     NORM_NAMES,
@@ -107,6 +108,26 @@ def _range(x: np.ndarray) -> str:
     return f"{lo:.3g}/255" if hi - lo < 1e-9 else f"{lo:.3g}-{hi:.3g}/255"
 
 
+def incomplete_budgets(summary: pd.DataFrame, model: str, norm: str) -> dict[float, list[str]]:
+    """Budgets of ``model``'s worst case at which some of its attacks of ``norm`` did not run.
+
+    The worst case at eps counts every attack that broke a sample at eps or below, but an attack
+    that ran only at 8/255 (AutoAttack, typically) strengthens it only there: a drop between two
+    budgets can be where the attack set changes, not the model. Returns ``{eps: [attacks missing]}``
+    (eps > 0 only; a cascade row counts as its attack).
+    """
+    rows = summary[(summary["model"] == model) & (summary["norm"] == norm) & (summary["status"] == "ok")
+                   & (summary["attack"] != WORST_CASE) & np.isfinite(summary["eps"].astype(float))]
+    if rows.empty:
+        return {}
+    names = rows["attack"].astype(str).str.removesuffix(CASCADE_SUFFIX)
+    every = set(names)
+    ran: dict[float, set[str]] = {}
+    for eps, name in zip(rows["eps"].astype(float), names, strict=True):
+        ran.setdefault(round(eps, 9), set()).add(name)
+    return {eps: sorted(every - got) for eps, got in sorted(ran.items()) if eps > 0 and every - got}
+
+
 def _panel(
     ax: Any,
     attack: str,
@@ -116,7 +137,8 @@ def _panel(
     palette: dict[str, Any],
     kind: str = "robust",
 ) -> None:
-    notes = []
+    notes: list[str] = []
+    partial_notes: list[str] = []
     # the attacks each model's worst case was really taken over: in the title if all share them
     over = {
         m: ", ".join(norm_attacks(bundle.summary[bundle.summary["model"] == m], norm))
@@ -161,6 +183,14 @@ def _panel(
         )
         colour = palette[m]
         who = m if attack != WORST_CASE or len(set(over.values())) <= 1 else f"{m} (over {over[m]})"
+        partial = incomplete_budgets(bundle.summary, m, norm) if attack == WORST_CASE else {}
+        if partial:
+            # hollow markers where the worst case could not take every attack at that budget
+            at = np.array([any(abs(v / 255 - e) <= 1e-9 for e in partial) for v in x])
+            ax.plot(x[at], 100 * y[at], ls="none", marker="o", ms=8, mfc="white", mew=1.5, color=colour,
+                    zorder=5)
+            missing = sorted({a for names in partial.values() for a in names})
+            partial_notes.append(f"{m}: {textwrap.shorten(', '.join(missing), 44, placeholder='...')}")
         if len(x) >= MIN_LINE_POINTS:
             label = f"{who}: AUC {100 * normalised_auc(x, y):.1f}% over {_range(x)}"
             ax.plot(x, 100 * y, marker="o", ms=4, lw=1.8, color=colour, label=label)
@@ -193,6 +223,14 @@ def _panel(
         ax.legend(loc="best", frameon=True, framealpha=0.85)
     else:
         ax.text(0.5, 0.5, "no finished cell", ha="center", va="center", transform=ax.transAxes, color="0.4")
+    if partial_notes:
+        ax.text(
+            0.98, 0.97,
+            "\n".join(["open markers: budgets where these", "attacks did not run (worst case partial):"]
+                      + partial_notes[:3] + ([f"... {len(partial_notes) - 3} more"] if len(partial_notes) > 3
+                                             else [])),
+            transform=ax.transAxes, fontsize=6.5, color="0.3", va="top", ha="right",
+        )
     if notes:
         ax.text(
             0.02,
