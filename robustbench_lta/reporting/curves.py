@@ -138,7 +138,7 @@ def _panel(
     kind: str = "robust",
 ) -> None:
     notes: list[str] = []
-    partial_notes: list[str] = []
+    partial_missing: set[str] = set()
     # the attacks each model's worst case was really taken over: in the title if all share them
     over = {
         m: ", ".join(norm_attacks(bundle.summary[bundle.summary["model"] == m], norm))
@@ -189,8 +189,7 @@ def _panel(
             at = np.array([any(abs(v / 255 - e) <= 1e-9 for e in partial) for v in x])
             ax.plot(x[at], 100 * y[at], ls="none", marker="o", ms=8, mfc="white", mew=1.5, color=colour,
                     zorder=5)
-            missing = sorted({a for names in partial.values() for a in names})
-            partial_notes.append(f"{m}: {textwrap.shorten(', '.join(missing), 44, placeholder='...')}")
+            partial_missing.update(a for names in partial.values() for a in names)
         if len(x) >= MIN_LINE_POINTS:
             label = f"{who}: AUC {100 * normalised_auc(x, y):.1f}% over {_range(x)}"
             ax.plot(x, 100 * y, marker="o", ms=4, lw=1.8, color=colour, label=label)
@@ -201,6 +200,10 @@ def _panel(
             ax.errorbar(
                 x, 100 * y, yerr=err, ls="none", marker="o", ms=5, capsize=3, color=colour, label=label
             )
+    if partial_missing:  # one legend entry for the open markers: which attacks are missing there
+        missing = textwrap.shorten(", ".join(sorted(partial_missing)), 40, placeholder="...")
+        ax.plot([], [], ls="none", marker="o", ms=8, mfc="white", mew=1.5, color="0.35",
+                label=f"open: not every attack ran ({missing})")
     shared = next(iter(over.values())) if len(set(over.values())) == 1 else "each model's attacks"
     title = (
         "\n".join(
@@ -223,14 +226,6 @@ def _panel(
         ax.legend(loc="best", frameon=True, framealpha=0.85)
     else:
         ax.text(0.5, 0.5, "no finished cell", ha="center", va="center", transform=ax.transAxes, color="0.4")
-    if partial_notes:
-        ax.text(
-            0.98, 0.97,
-            "\n".join(["open markers: budgets where these", "attacks did not run (worst case partial):"]
-                      + partial_notes[:3] + ([f"... {len(partial_notes) - 3} more"] if len(partial_notes) > 3
-                                             else [])),
-            transform=ax.transAxes, fontsize=6.5, color="0.3", va="top", ha="right",
-        )
     if notes:
         ax.text(
             0.02,
