@@ -18,9 +18,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_cifar10 import default_cache_dir, unpack  # noqa: E402
+from train_cifar10 import cifar10_test  # noqa: E402
 
-from robustbench_lta.data.registry import load_dataset, shared_data_dir  # noqa: E402
 from robustbench_lta.training.checkpoint import load_model  # noqa: E402
 
 
@@ -47,10 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    shared = shared_data_dir()
-    if shared is None:
-        sys.exit("error: ../shared/data/cifar10-jpeg is absent")
-    ds = load_dataset(f"imagefolder:{unpack(shared, default_cache_dir())}", split="test", n=args.n)
+    ds = cifar10_test(args.n)
     x, y = ds.images.float() / 255, ds.labels
     model = Logits(load_model(args.checkpoint)).eval()
     with torch.no_grad():

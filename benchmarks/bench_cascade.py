@@ -27,10 +27,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from adv_train_cifar10 import cpu_name  # noqa: E402
-from train_cifar10 import default_cache_dir, unpack  # noqa: E402
+from train_cifar10 import cifar10_test  # noqa: E402
 
 from robustbench_lta import run_sweep  # noqa: E402
-from robustbench_lta.data.registry import load_dataset, shared_data_dir  # noqa: E402
 
 EPS = [0, 1 / 255, 2 / 255, 4 / 255, 8 / 255]
 ATTACKS = [{"name": "fgsm"}, {"name": "pgd-linf", "label": "pgd10", "params": {"steps": 10}},
@@ -52,10 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    shared = shared_data_dir()
-    if shared is None:
-        sys.exit("error: ../shared/data/cifar10-jpeg is absent")
-    data = load_dataset(f"imagefolder:{unpack(shared, default_cache_dir())}", split="test", n=args.n)
+    data = cifar10_test(args.n)
     print(f"CPU: {cpu_name()}; first {args.n} CIFAR-10 test images; FGSM + PGD-10 + AutoAttack at "
           "1, 2, 4, 8/255")
     print("| checkpoint | mode | wall s | CPU s | worst case at 1/2/4/8 (%) | differing verdicts |")

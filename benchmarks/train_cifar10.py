@@ -65,6 +65,16 @@ def unpack(shared: Path, cache: Path) -> Path:
     return cache
 
 
+def cifar10_test(n: int):
+    """The first ``n`` CIFAR-10 test images of the JPEG copy in ``../shared`` (unpacked once)."""
+    from robustbench_lta.data.registry import load_dataset
+
+    shared = shared_data_dir()
+    if shared is None:
+        sys.exit("error: ../shared/data/cifar10-jpeg is absent")
+    return load_dataset(f"imagefolder:{unpack(shared, default_cache_dir())}", split="test", n=n)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="registry names to train")
