@@ -7,6 +7,7 @@ clean-correct images the report shows.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -19,12 +20,13 @@ from ..utils import derive_seed
 from .inputs import SampleSource
 from .plan import AttackPlan
 from .runtime import PreparedModel
-from .sanity import large_eps_row, model_checks
+from .sanity import amp_parity_row, large_eps_row, model_checks
 from .unit import make_attack
 
 LARGE_EPS = 128 / 255
 CHECK_SAMPLES = 16  # determinism / logits / gradient-health checks need few samples
 PROBE_STEPS = 10
+PARITY_EPS = 8 / 255
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,25 @@ def probe_samples(sanity_samples: int, n: int) -> int:
     return min(sanity_samples, max(CHECK_SAMPLES, n // 8))
 
 
+def measure_amp_parity(pm: PreparedModel, x: torch.Tensor, y: torch.Tensor, seed: int) -> dict[str, Any]:
+    """The same PGD-10 at 8/255 under the sweep's autocast and in float32, on the probe samples.
+
+    Reduced precision can weaken an attack (gradients rounded to bf16, a saturated softmax); the row
+    (:func:`~.sanity.amp_parity_row`) warns when the autocast attack leaves clearly more accuracy.
+    Predictions are float32 either way, as in every unit.
+    """
+    accs = []
+    for precise in (False, True):
+        probe = get_attack("pgd-linf", seed=derive_seed(seed, pm.loaded.sha256, "amp-parity"),
+                           steps=PROBE_STEPS)
+        with pm.model.float32() if precise else contextlib.nullcontext():
+            adv = probe.perturb(pm.model, x, y, PARITY_EPS)
+        with torch.inference_mode(), pm.model.float32():
+            accs.append(float((pm.model(adv).argmax(1) == y).float().mean()))
+    return amp_parity_row(pm.label, accs[0], accs[1], len(y), str(pm.model.amp_dtype).removeprefix("torch."),
+                          PARITY_EPS)
+
+
 def run_model_pass(pm: PreparedModel, source: SampleSource, settings: ModelPassSettings,
                    known_correct: np.ndarray | None = None) -> ModelPassResult:
     """Checks, probe and figure data of one model; ``known_correct`` as in :func:`_first_correct`."""
@@ -114,6 +135,8 @@ def run_model_pass(pm: PreparedModel, source: SampleSource, settings: ModelPassS
         with torch.inference_mode(), pm.model.float32():  # a counted prediction: float32, as in units
             acc = float((pm.model(adv).argmax(1) == yc[:n]).float().mean())
         rows.append(large_eps_row(pm.label, acc, LARGE_EPS, pm.num_classes))
+        if pm.model.amp_dtype is not None:
+            rows.append(measure_amp_parity(pm, xc[:n], yc[:n], settings.seed))
     figure = None
     plan = settings.figure_attack
     k = min(settings.attention_samples, len(pos))

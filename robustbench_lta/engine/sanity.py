@@ -101,6 +101,21 @@ def large_eps_row(model_label: str, robust_acc: float, eps: float, num_classes: 
                 attack="pgd-linf", eps=eps)
 
 
+#: robust-accuracy points an autocast attack may lose against float32 before it is flagged
+PARITY_TOLERANCE = 0.02
+
+
+def amp_parity_row(model_label: str, acc_amp: float, acc_fp32: float, n: int, dtype: str,
+                   eps: float) -> dict[str, Any]:
+    gap = acc_amp - acc_fp32
+    ok = gap <= PARITY_TOLERANCE
+    return _row("amp-parity", model_label, "pass" if ok else "warn", gap,
+                f"PGD-10 at eps {_px(eps)} on {n} samples: {100 * acc_amp:.1f}% under {dtype} autocast vs "
+                f"{100 * acc_fp32:.1f}% in float32"
+                + ("" if ok else f": attacks in {dtype} are weaker on this model; sweep with amp: off"),
+                attack="pgd-linf", eps=eps)
+
+
 # ------------------------------------------------------------------------------ table checks
 def table_checks(summary: pd.DataFrame, samples: pd.DataFrame, traits: dict[str, AttackTraits]
                  ) -> list[dict[str, Any]]:

@@ -72,6 +72,8 @@ class Sweep:
                    "sanity": self.cfg.sanity_samples, "attention": self.cfg.attention_samples if
                    lm.has_attention else 0, "figure": [fig.name, fig.params, list(fig.eps)] if fig else None,
                    "engine": 2}
+        if self.cfg.amp != "off":  # the amp-parity row; float32 sweeps keep their earlier keys
+            payload["amp"] = self.cfg.amp
         return hashlib.sha256(canonical(payload).encode()).hexdigest()
 
     def traits(self) -> dict[str, AttackTraits]:
