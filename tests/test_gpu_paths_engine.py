@@ -263,8 +263,10 @@ def test_predictions_are_float32_while_attacks_run_under_amp(tmp_path):
     model = _NearTie()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert (model(x).argmax(1) == 0).all()  # the trap: bf16 predictions are all wrong
+    # sanity_samples=0: the model pass's amp-parity check runs one attack in float32 on purpose
+    # (tests/test_amp_parity.py); here every attack call of the sweep's cells must be bf16
     summary = run_sweep({"m": model}, ["fgsm", "gaussian-noise"], [0.0, 1 / 255], data=(x, y), device="cpu",
-                        amp="bf16", out=tmp_path / "o", **KW)
+                        amp="bf16", out=tmp_path / "o", **{**KW, "sanity_samples": 0})
     assert model.autocast_in_attack and all(model.autocast_in_attack)  # the attack did run in bf16
     samples = _samples(tmp_path / "o")
     assert (samples["clean_pred"] == 1).all() and (samples["adv_pred"] == 1).all()
