@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_hardening import run_cli  # the in-process CLI runner the first round wrote
+from test_hardening import _attention_results, run_cli  # the first round's CLI runner and sweep
 from torch import nn
 
 from robustbench_lta.errors import UserError
@@ -229,15 +229,6 @@ def test_item3_a_linked_class_folder_still_loads(tmp_path):
 
 
 # ------------------------------------------------------------------------------ item 4: attention keys
-def _attention_results(tmp_path: Path) -> tuple[Path, Path]:
-    res = tmp_path / "res"
-    code, _, err = run_cli("sweep", "--model", "smallcnn_att2_concat_pc", "--data", "cluttered-digits",
-                           "--n", "8", "--attack", "fgsm", "--eps", "0,8", "--out", str(res), "--quiet",
-                           "--set", "sanity_samples=0", "--set", "attention_samples=2")
-    assert code == 0, err
-    return res, next((res / "attention").glob("*.npz"))
-
-
 @pytest.mark.parametrize("edit", ["renamed", "extra"])
 def test_item4_an_attention_file_with_unexpected_keys_is_refused(edit, tmp_path):
     res, npz = _attention_results(tmp_path)
