@@ -91,13 +91,19 @@ class AugmentSpec(_Strict):
     )
 
 
+#: How the card, the log and the report name each adversarial training method.
+TRAINING_METHOD_NAMES = {"pgd": "PGD-AT", "trades": "TRADES", "fgsm-rs": "FGSM-RS (fast AT)",
+                         "n-fgsm": "N-FGSM (fast AT)"}
+
+
 class AdversarialSpec(_Strict):
     """The training threat model (docs/training.md, "Adversarial training"); ``method: none`` trains on
     clean images. Budgets are in ``eps_scale`` units like a sweep's eps (8 = 8/255)."""
 
-    method: Literal["none", "pgd", "trades", "fgsm-rs"] = Field(
+    method: Literal["none", "pgd", "trades", "fgsm-rs", "n-fgsm"] = Field(
         "none", description="none; pgd (Madry et al. 2018, PGD-AT); trades (Zhang et al. 2019); fgsm-rs "
-        "(Wong et al. 2020: FGSM from a random start, step 1.25 eps)"
+        "(Wong et al. 2020: FGSM from a random start, step 1.25 eps); n-fgsm (de Jorge et al. 2022: FGSM "
+        "step eps from noise of noise_factor x eps, unprojected; avoids catastrophic overfitting)"
     )
     norm: Literal["linf", "l2"] = Field("linf", description="the perturbation's norm")
     eps: float = Field(8.0, ge=0, allow_inf_nan=False, description="budget, in eps_scale units (8 = 8/255)")
@@ -106,9 +112,16 @@ class AdversarialSpec(_Strict):
     )
     step_size: float | None = Field(
         None, gt=0, allow_inf_nan=False,
-        description="step, in eps_scale units; default eps/4 for pgd and trades, 1.25 eps for fgsm-rs"
+        description="step, in eps_scale units; default eps/4 for pgd and trades, 1.25 eps for fgsm-rs, "
+        "eps for n-fgsm"
     )
-    steps: int = Field(10, ge=1, description="attack steps per training batch (pgd, trades; fgsm-rs: 1)")
+    steps: int = Field(
+        10, ge=1, description="attack steps per training batch (pgd, trades; fgsm-rs and n-fgsm: 1)"
+    )
+    noise_factor: float = Field(
+        2.0, gt=0, allow_inf_nan=False,
+        description="n-fgsm: half-width of the uniform starting noise, in units of eps"
+    )
     beta: float = Field(6.0, ge=0, allow_inf_nan=False, description="TRADES: weight of the robustness term")
     eval_every: int = Field(
         1, ge=1, description="robust validation accuracy every this many epochs (and the last)"
@@ -117,7 +130,7 @@ class AdversarialSpec(_Strict):
     eval_n: int = Field(1000, ge=1, description="validation images the robust accuracy is measured on")
     collapse_ratio: float = Field(
         0.5, gt=0, lt=1, description="catastrophic overfitting: validation PGD accuracy below this share of "
-        "its best so far while validation FGSM accuracy rises"
+        "its best so far while validation FGSM accuracy rises or falls by under half as much"
     )
 
     @property
@@ -134,15 +147,15 @@ class AdversarialSpec(_Strict):
         """The training attack's step on the [0,1] scale."""
         if self.step_size is not None:
             return self.step_size / self.eps_scale
-        return self.eps01 * (1.25 if self.method == "fgsm-rs" else 0.25)
+        return self.eps01 * {"fgsm-rs": 1.25, "n-fgsm": 1.0}.get(self.method, 0.25)
 
     @property
     def train_steps(self) -> int:
-        return 1 if self.method == "fgsm-rs" else self.steps
+        return 1 if self.method in ("fgsm-rs", "n-fgsm") else self.steps
 
     def label(self) -> str:
         """``PGD-AT, Linf 8/255`` as the report and the card's summary say it."""
-        name = {"pgd": "PGD-AT", "trades": f"TRADES (beta {self.beta:g})", "fgsm-rs": "FGSM-RS (fast AT)"}
+        name = {**TRAINING_METHOD_NAMES, "trades": f"TRADES (beta {self.beta:g})"}
         if not self.enabled:
             return "standard (no adversarial training)"
         norm = "Linf" if self.norm == "linf" else "L2"

@@ -94,7 +94,7 @@ def test_every_recipe_builds_a_valid_config_for_every_family(tmp_path) -> None:
         for fam in study.FAMILIES:
             cfg = study.train_config(recipe, fam, 0, "cluttered-digits", tmp_path, threads=1)
             assert cfg.model.name == fam.model and cfg.model.width == recipe.width
-            assert cfg.adversarial.method == ("fgsm-rs" if fam.adversarial else "none")
+            assert cfg.adversarial.method == (recipe.adv_method if fam.adversarial else "none")
             assert cfg.epochs == (recipe.adv_epochs if fam.adversarial else recipe.epochs) * fam.epoch_factor
             assert cfg.lr_schedule == "onecycle" and cfg.val_fraction > 0
             assert cfg.out == str(tmp_path / fam.label / "seed0")

@@ -20,13 +20,13 @@ from typing import Any
 
 import pandas as pd
 
+from ..config import TRAINING_METHOD_NAMES
 from ..results import EPS_TOL, STATUS_OK, WORST_CASE
 from ..training.selection import unwrap_card
 
 NOT_RECORDED = "training threat model not recorded"
 STANDARD = "standard training"
 NORM_TEXT = {"linf": "Linf", "l2": "L2", "l0": "L0"}  # as the card's own label names norms
-_METHOD_TEXT = {"pgd": "PGD-AT", "trades": "TRADES", "fgsm-rs": "FGSM-RS (fast AT)"}
 _REL_TOL = 1e-3  # a card may store eps_01 rounded (0.03137 for 8/255): compare budgets loosely
 
 
@@ -72,7 +72,7 @@ def _method(tm: dict[str, Any]) -> str:
     if ", " in label:
         return label.rsplit(", ", 1)[0]  # "TRADES (beta 6), Linf 8/255" -> "TRADES (beta 6)"
     method = str(tm.get("method") or "?")
-    return _METHOD_TEXT.get(method, method)
+    return TRAINING_METHOD_NAMES.get(method, method)
 
 
 def _threat_label(tm: dict[str, Any]) -> str:

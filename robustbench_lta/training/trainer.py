@@ -290,7 +290,7 @@ def _log_epoch(run: Run, row: dict[str, Any]) -> None:
     if row.get("robust_val_acc") is not None:
         robust = f"  robust val acc {row['robust_val_acc']:.4f} (FGSM {row['fgsm_val_acc']:.4f})"
         if row["collapsed"]:
-            robust += "  CATASTROPHIC OVERFITTING: PGD accuracy collapsed while FGSM accuracy rose"
+            robust += "  CATASTROPHIC OVERFITTING: PGD accuracy collapsed while FGSM accuracy held"
     tqdm.write(
         f"epoch {row['epoch']}/{run.config.epochs}  lr {row['lr']:.4g}  loss {row['train_loss']:.4f}  "
         f"train acc {row['train_acc']:.4f}  val acc {shown}{robust}  {row['images_per_s']:.0f} img/s",
