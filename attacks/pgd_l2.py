@@ -13,6 +13,7 @@ from robustbench_lta.plugins import (
     AttackKind,
     AttackParams,
     ThreatModel,
+    margin_objective,
     pgd,
     register_attack,
 )
@@ -39,6 +40,9 @@ class PGDL2(Attack):
         random_start (bool): start at a random point of the ball instead of x. (Default: True)
         keep (str): ``best`` (above) or ``last``: every sample takes every step and the last
             iterate is returned, as adversarial training generates it. (Default: best)
+        loss (str): ``ce`` (cross-entropy) or ``margin`` (Carlini-Wagner margin, "PGD-CW"); the
+            best iterate of a sample never fooled is still the one with the highest cross-entropy.
+            (Default: ce)
 
     Shape:
         - x: :math:`(N, C, H, W)` floats in [0, 1]; y: :math:`(N)` int64.
@@ -60,6 +64,9 @@ class PGDL2(Attack):
             "best", description="best: per sample the first fooling (else highest-loss) iterate, the "
             "evaluation default; last: every step on every sample, the last iterate (Madry et al.; what "
             "adversarial training generates)")
+        loss: Literal["ce", "margin"] = Field(
+            "ce", description="ce: cross-entropy (Madry et al.); margin: the Carlini-Wagner margin "
+            "max_{j!=y} z_j - z_y, which does not saturate (PGD-CW)")
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         # the one PGD (robustbench_lta.pgd) that adversarial training also runs (there keep="last")
@@ -68,4 +75,5 @@ class PGDL2(Attack):
             alpha=self.params["alpha"], restarts=int(self.params["restarts"]),
             random_start=bool(self.params["random_start"]), generator=self.generator(x.device),
             keep=self.params["keep"],
+            objective=margin_objective(y) if self.params["loss"] == "margin" else None,
         )

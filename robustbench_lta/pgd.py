@@ -184,6 +184,24 @@ def projected_gradient_ascent(
     return tracker.best
 
 
+def margin_objective(y: torch.Tensor) -> Objective:
+    """The Carlini-Wagner margin ``max_{j != y} z_j - z_y`` summed over the samples attacked, as PGD's
+    objective (``pgd(..., objective=margin_objective(y))``).
+
+    Unlike cross-entropy it does not saturate on confidently classified samples; a gap between a
+    cross-entropy attack and AutoAttack that a margin attack closes is the loss's scale, not a
+    gradient the model hides (Croce & Hein 2020).
+    """
+
+    def objective(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        z = logits.float()
+        true = z.gather(1, y[idx].unsqueeze(1)).squeeze(1)
+        others = z.scatter(1, y[idx].unsqueeze(1), -float("inf"))
+        return (others.max(dim=1).values - true).sum()
+
+    return objective
+
+
 def default_alpha(eps: float, steps: int) -> float:
     """The sweep's default step size: ``2.5 * eps / steps`` (Madry et al.)."""
     return 2.5 * eps / max(steps, 1)

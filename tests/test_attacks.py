@@ -178,6 +178,27 @@ def test_iterative_never_weaker_than_fgsm(tiny) -> None:
     assert pgd_fooled <= fgsm_fooled
 
 
+def test_pgd_margin_loss_equals_a_hand_loop(tiny) -> None:
+    """pgd-linf loss=margin: signed ascent on max_{j!=y} z_j - z_y (PGD-CW), checked step by step."""
+    model, x, y = tiny
+    x, y, eps, alpha = x[:8], y[:8], 0.05, 0.02
+    ours = get_attack("pgd-linf", steps=3, alpha=alpha, random_start=False, keep="last",
+                      loss="margin")(model, x, y, eps)
+    x_adv = x.clone()
+    for _ in range(3):
+        x_in = x_adv.clone().requires_grad_(True)
+        z = model(x_in)
+        true = z.gather(1, y[:, None]).squeeze(1)
+        other = z.masked_fill(torch.nn.functional.one_hot(y, z.shape[1]).bool(), -float("inf")).amax(1)
+        (grad,) = torch.autograd.grad((other - true).sum(), x_in)
+        x_adv = torch.min(torch.max(x_adv + alpha * grad.sign(), x - eps), x + eps).clamp(0, 1).detach()
+    assert torch.allclose(ours, x_adv, atol=1e-6)
+    ce = get_attack("pgd-linf", steps=3, alpha=alpha, random_start=False, keep="last")(model, x, y, eps)
+    assert not torch.equal(ce, ours)  # a different objective, not the default in disguise
+    l2 = get_attack("pgd-l2", steps=3, loss="margin")(model, x, y, 0.5)
+    assert float(perturbation_norms(x, l2, "l2").max()) <= 0.5 + 1e-6
+
+
 def test_pgd_l2_ball_and_zero_eps(tiny) -> None:
     model, x, y = tiny
     x_adv = get_attack("pgd-l2", steps=5)(model, x, y, 0.5)

@@ -8,7 +8,7 @@ Everything a plugin author needs is importable from here::
 from __future__ import annotations
 
 from .base import Attack, AttackKind, AttackParams, ThreatModel, validate_attack_params
-from .iterative import Ball, BestIterate, pgd, projected_gradient_ascent
+from .iterative import Ball, BestIterate, margin_objective, pgd, projected_gradient_ascent
 from .registry import AttackInfo, discover, get_attack, get_attack_class, list_attacks, register_attack
 from .verify import Verification, perturbation_norms, verify_batch
 
@@ -25,6 +25,7 @@ __all__ = [
     "get_attack",
     "get_attack_class",
     "list_attacks",
+    "margin_objective",
     "perturbation_norms",
     "pgd",
     "projected_gradient_ascent",

@@ -7,6 +7,6 @@ with the same code) and is re-exported here for plugin authors: ``attacks/pgd_li
 
 from __future__ import annotations
 
-from ..pgd import Ball, BestIterate, pgd, projected_gradient_ascent
+from ..pgd import Ball, BestIterate, margin_objective, pgd, projected_gradient_ascent
 
-__all__ = ["Ball", "BestIterate", "pgd", "projected_gradient_ascent"]
+__all__ = ["Ball", "BestIterate", "margin_objective", "pgd", "projected_gradient_ascent"]

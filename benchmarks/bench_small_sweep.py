@@ -1,0 +1,163 @@
+"""Small sweeps at default settings: FGSM at 8 budgets, ``run_sweep`` vs torchattacks called per budget.
+
+A benchmark script, not a test (issue "Speed v3"). What a new user runs first: ``run_sweep`` with its
+defaults (worst-case accounting, the model pass: sanity checks, the large-eps probe, attention figure
+data), into a fresh results folder each time (a first run: no model pass cached from before), against
+``torchattacks.FGSM`` called once per budget on every sample plus a prediction forward. Both run in
+this process, round-robin, ``--repeats`` times; min and median are printed, the ratio is of minima.
+
+Two models on the first ``--n`` CIFAR-10 test images of ``../shared``:
+
+- ``untrained``: ``vgg16_att3_concat_pc`` width 0.125 with seeded random weights, labelled with its own
+  clean predictions, so every sample is clean-correct (survivors-only evaluation saves nothing on
+  the clean pass: the engine's worst case for this comparison);
+- ``trained``: a checkpoint (``--checkpoint``, default the study's standard ``vgg16`` width 0.125 if it
+  exists, else the adversarial-training benchmark's standard ``vgg16``).
+
+    python benchmarks/bench_small_sweep.py --n 128 --repeats 5
+    python benchmarks/bench_small_sweep.py --n 512 --repeats 3 --models trained
+
+Also checks that the engine and torchattacks predict the same class for every clean-correct sample at
+every budget (FGSM is deterministic), and prints how many differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_sweep import load_avg, machine_lines  # noqa: E402
+from bench_work import FGSM_EPS, torchattacks_per_budget  # noqa: E402
+from train_cifar10 import cifar10_test  # noqa: E402
+
+from robustbench_lta.data.registry import ImageDataset  # noqa: E402
+from robustbench_lta.engine.api import run_sweep  # noqa: E402
+from robustbench_lta.models.registry import create_model  # noqa: E402
+from robustbench_lta.training.checkpoint import load_model  # noqa: E402
+
+DEFAULT_CHECKPOINTS = ("runs/study3/vgg16/seed0/best.safetensors",
+                       "runs/adv125/vgg16_standard/best.safetensors")
+BATCH = 128
+
+
+class Logits(torch.nn.Module):
+    """torchattacks needs a module that returns logits only (attention models also return maps)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        return out[0] if isinstance(out, tuple) else out
+
+
+def predict(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    with torch.inference_mode():
+        return np.concatenate([model(x[s:s + BATCH]).argmax(1).numpy() for s in range(0, len(x), BATCH)])
+
+
+def engine_sweep(model: torch.nn.Module, ds: ImageDataset, workdir: Path) -> pd.DataFrame:
+    """run_sweep at its defaults into a fresh folder; the samples table."""
+    out = Path(tempfile.mkdtemp(prefix="sweep-", dir=workdir))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_sweep({"model": model}, ["fgsm"], list(FGSM_EPS), data=ds, n=len(ds), batch_size=BATCH,
+                  device="cpu", seed=0, out=out, progress=False)
+    samples = pd.read_parquet(out / "samples.parquet")
+    shutil.rmtree(out, ignore_errors=True)
+    return samples
+
+
+def engine_preds(samples: pd.DataFrame, n: int) -> np.ndarray:
+    """(budgets, n) adversarial predictions; a sample broken at a smaller budget keeps its example."""
+    out = np.full((len(FGSM_EPS), n), -1, dtype=np.int64)
+    s = samples[samples["attack"] == "fgsm"]
+    for k, e in enumerate(FGSM_EPS):
+        rows = s[np.isclose(s["eps"].to_numpy(), e)]
+        out[k, rows["index"].to_numpy()] = rows["adv_pred"].to_numpy()
+    return out
+
+
+def bench(name: str, model: torch.nn.Module, ds: ImageDataset, repeats: int, workdir: Path) -> float:
+    x, y = ds.images.float() / 255, ds.labels
+    clean = predict(model, x)
+    correct = clean == y.numpy()
+    print(f"\n== {name}: n={len(ds)}, clean-correct {correct.mean():.1%}", flush=True)
+    logits = Logits(model).eval()
+    small = ds.subset(np.arange(8))  # warm-up: first-call costs out of the timings
+    engine_sweep(model, small, workdir)
+    torchattacks_per_budget(logits, x[:8], y[:8], "fgsm", list(FGSM_EPS), BATCH)
+    times: dict[str, list[float]] = {"engine": [], "torchattacks": []}
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        samples = engine_sweep(model, ds, workdir)
+        times["engine"].append(time.perf_counter() - t0)
+        seconds, ta_preds = torchattacks_per_budget(logits, x, y, "fgsm", list(FGSM_EPS), BATCH)
+        times["torchattacks"].append(seconds)
+        print(f"  round {r + 1}: engine {times['engine'][-1]:.2f} s, torchattacks {seconds:.2f} s "
+              f"(load {load_avg()})", flush=True)
+    ours = engine_preds(samples, len(ds))
+    # worst case: torchattacks' per-budget flags accumulate over budgets the way the engine's do
+    ta_broken = np.maximum.accumulate(ta_preds != y.numpy()[None, :], axis=0)
+    our_broken = ours != y.numpy()[None, :]
+    differ = int((ta_broken[:, correct] != our_broken[:, correct]).sum())
+    for m, t in times.items():
+        print(f"  {m:13s} min {min(t):.2f} s  median {statistics.median(t):.2f} s  max {max(t):.2f} s")
+    ratio = min(times["torchattacks"]) / min(times["engine"])
+    print(f"  ratio torchattacks / engine (minima): {ratio:.2f}x; broken flags differing on clean-correct "
+          f"samples x budgets: {differ} of {int(correct.sum()) * len(FGSM_EPS)}")
+    return ratio
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--models", nargs="+", default=["untrained", "trained"], choices=["untrained", "trained"])
+    ap.add_argument("--checkpoint", type=Path, default=None)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print("== machine")
+    for line in machine_lines():
+        print("  " + line)
+    print(f"  torch threads {torch.get_num_threads()}, load average at start: {load_avg()}")
+    data = cifar10_test(args.n)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-small-"))
+    try:
+        if "untrained" in args.models:
+            torch.manual_seed(0)
+            model = create_model("vgg16_att3_concat_pc", num_classes=10, width=0.125).eval()
+            own = predict(model, data.images.float() / 255)
+            ds = ImageDataset(data.images, own, classes=data.classes, name=data.name, mean=data.mean,
+                              std=data.std)
+            bench("untrained vgg16_att3_concat_pc w0.125, labels = its own predictions", model, ds,
+                  args.repeats, workdir)
+        if "trained" in args.models:
+            ckpt = args.checkpoint or next((Path(c) for c in DEFAULT_CHECKPOINTS if Path(c).is_file()), None)
+            if ckpt is None:
+                print("\n== trained: no checkpoint (pass --checkpoint)")
+            else:
+                bench(f"trained {ckpt}", load_model(ckpt).eval(), data, args.repeats, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"\nOMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '-')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
