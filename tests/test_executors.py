@@ -152,3 +152,44 @@ def test_kill_9_of_the_driver_then_rerun(trained_checkpoints, tmp_path, ray_loca
     run_with_executor(_cfg(trained_checkpoints, tmp_path / "ref", "local"), progress=False)
     _same(tmp_path / "cut", tmp_path / "ref")
     assert json.loads((tmp_path / "cut" / "manifest.json").read_text())["status"] == "finished"
+
+
+def test_a_worker_hashes_only_its_shard_and_refuses_other_data(monkeypatch) -> None:
+    """The driver hashes an in-memory dataset once; a Ray worker takes that hash and checks only the
+    samples of the unit it runs (here without Ray: the same functions the tasks call)."""
+    import torch
+
+    from robustbench_lta.data.registry import ImageDataset
+    from robustbench_lta.engine import inputs
+    from robustbench_lta.engine.executors.ray_executor import _check_shard
+    from robustbench_lta.errors import UserError
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (40,), generator=g)
+    ds = ImageDataset(images, labels, classes=[str(i) for i in range(10)], name="planted",
+                      mean=(0.5,) * 3, std=(0.5,) * 3)
+    driver = inputs.from_image_dataset(ds, None)
+    assert driver.shard_sha256(0, 40) == driver.fingerprint["sha256"]
+
+    hashed: list[int] = []
+    real = inputs._hash_tensors
+    monkeypatch.setattr(inputs, "_hash_tensors", lambda *t: hashed.append(len(t[0])) or real(*t))
+    worker_source = inputs.from_image_dataset(ds, None, content_sha256=driver.fingerprint["sha256"])
+    assert hashed == [] and worker_source.fingerprint == driver.fingerprint
+
+    class _Worker:
+        source = worker_source
+
+    _check_shard(_Worker, "m", 10, 20, driver.shard_sha256(10, 20))
+    assert hashed[-1] == 10  # this shard only
+    changed = images.clone()
+    changed[15] ^= 1  # one pixel bit of one sample differs on this node
+    other = ImageDataset(changed, labels, classes=ds.classes, name="planted", mean=ds.mean, std=ds.std)
+
+    class _OtherWorker:
+        source = inputs.from_image_dataset(other, None, content_sha256=driver.fingerprint["sha256"])
+
+    _check_shard(_OtherWorker, "m", 20, 30, driver.shard_sha256(20, 30))  # its shard is the same
+    with pytest.raises(UserError, match=r"worker sees other data for m \(samples 10\.\.19\)"):
+        _check_shard(_OtherWorker, "m", 10, 20, driver.shard_sha256(10, 20))

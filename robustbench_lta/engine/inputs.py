@@ -82,6 +82,14 @@ class SampleSource:
     def in_memory(self) -> bool:
         return self._x is not None
 
+    def shard_sha256(self, start: int, stop: int) -> str | None:
+        """Content hash of sample positions ``start..stop-1`` (images and labels), for in-memory
+        samples; None for a lazy source (its fingerprint already samples a few probe images).
+        ``shard_sha256(0, n)`` is the in-memory fingerprint's own ``sha256``."""
+        if self._x is None or self._y is None:
+            return None
+        return _hash_tensors(self._x[start:stop], self._y[start:stop])
+
     def batches(self, positions: np.ndarray, batch_size: int, device: torch.device
                 ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
         """``(positions, x, y)`` batches of the given sample positions, in the given order."""
@@ -182,14 +190,18 @@ def from_tensors(x: torch.Tensor, y: torch.Tensor, n: int | None, classes: Seque
                         labels=y.numpy().astype(np.int64), _x=x, _y=y)
 
 
-def from_image_dataset(ds: ImageDataset, n: int | None, fingerprint: dict[str, Any] | None = None
-                       ) -> SampleSource:
-    """A registry dataset (uint8 in memory): images stay uint8 until the batch."""
+def from_image_dataset(ds: ImageDataset, n: int | None, fingerprint: dict[str, Any] | None = None,
+                       content_sha256: str | None = None) -> SampleSource:
+    """A registry dataset (uint8 in memory): images stay uint8 until the batch.
+
+    ``content_sha256``: the content hash the driver already computed (a Ray worker), taken as given;
+    the worker then checks only the shards it runs (:meth:`SampleSource.shard_sha256`).
+    """
     count = len(ds) if n is None else min(n, len(ds))
     images, labels = ds.images[:count], ds.labels[:count]
     boxes = ds.boxes[:count].numpy().astype(np.float32) if getattr(ds, "boxes", None) is not None else None
     fp = dict(fingerprint or {"name": str(ds.name)})
-    fp.update({"n": count, "sha256": _hash_tensors(images, labels)})
+    fp.update({"n": count, "sha256": content_sha256 or _hash_tensors(images, labels)})
     return SampleSource(name=str(ds.name), n=count, classes=list(ds.classes), index=np.arange(count),
                         fingerprint=fp, boxes=boxes, labels=labels.numpy().astype(np.int64),
                         _x=images, _y=labels)
@@ -277,7 +289,9 @@ def _check_cards(models: list[LoadedModel], classes: Sequence[str], size: tuple[
 
 
 def resolve_source(cfg: SweepConfig, data: Any, models: list[LoadedModel],
-                   classes: Sequence[str] | None) -> SampleSource:
+                   classes: Sequence[str] | None, content_sha256: str | None = None) -> SampleSource:
+    """The sweep's samples. ``content_sha256``: a registry dataset's content hash as the driver
+    computed it (Ray workers pass it, so only the driver hashes the whole dataset)."""
     if data is None:
         spec = cfg.data or card_data_spec(models[0].card)
         if spec is None:
@@ -301,7 +315,7 @@ def resolve_source(cfg: SweepConfig, data: Any, models: list[LoadedModel],
             return source
         ds = load_dataset(spec.name, split="test", root=spec.root, download=spec.download, n=cfg.n, **kwargs)
         _check_cards(models, ds.classes, ds.image_size, spec.name, resized)
-        return from_image_dataset(ds, cfg.n, _data_fingerprint_base(spec))
+        return from_image_dataset(ds, cfg.n, _data_fingerprint_base(spec), content_sha256)
     if isinstance(data, SampleSource):
         return data
     if isinstance(data, tuple | list) and len(data) == 2 and isinstance(data[0], torch.Tensor):

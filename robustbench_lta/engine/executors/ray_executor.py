@@ -6,7 +6,9 @@ it runs on CUDA (``device: auto`` on a cluster with GPUs, or ``cuda``/``cuda:N``
 ``ray_gpus_per_task`` GPUs (default 1), so Ray pins it to its own device; ``device: cpu`` reserves none.
 A worker process keeps the model it last loaded (and the samples): consecutive units of one model
 on one worker load it once. Workers write unit files into the results folder, which must be on
-storage every worker can reach; only the driver writes tables and the manifest.
+storage every worker can reach; only the driver writes tables and the manifest. The driver hashes
+an in-memory dataset once; a worker takes that hash and checks only the shard of each unit it runs
+(a model-pass task, one per model, checks all the samples: it may read any of them).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def _worker_state(cfg_json: dict[str, Any]) -> dict[str, Any]:
     return _CACHE
 
 
-def _loaded(state: dict[str, Any], model_index: int) -> Any:
+def _loaded(state: dict[str, Any], model_index: int, data_sha256: str | None) -> Any:
     from ...utils import resolve_device
     from ..inputs import resolve_source
     from ..models import load_sweep_model
@@ -55,21 +57,29 @@ def _loaded(state: dict[str, Any], model_index: int) -> Any:
         state["models"].clear()  # one model per worker at a time: bounded memory
         lm = state["models"][model_index] = load_sweep_model(spec, spec.name, cfg.seed)
     if state["worker"] is None:
-        source = resolve_source(cfg, None, [lm], None)
+        source = resolve_source(cfg, None, [lm], None, content_sha256=data_sha256)
         state["worker"] = Worker(source, ResultStore(cfg.out), resolve_device(cfg.device), amp=cfg.amp,
                                  channels_last=cfg.channels_last, compile_model=cfg.compile)
     return lm
 
 
-def _run_unit(cfg_json: dict[str, Any], model_index: int, attack_label: str, key: str, start: int,
-              stop: int) -> tuple[str, int, int, dict[str, Any]]:
+def _check_shard(worker: Any, label: str, start: int, stop: int, expected: str | None) -> None:
+    """The samples ``start..stop-1`` this worker sees hash as the driver's did (in-memory data)."""
+    if expected is not None and worker.source.shard_sha256(start, stop) != expected:
+        raise UserError(f"worker sees other data for {label} (samples {start}..{stop - 1}) than the driver "
+                        "(check that every node has the same dataset version and settings)")
+
+
+def _run_unit(cfg_json: dict[str, Any], model_index: int, attack_label: str, key: str, start: int, stop: int,
+              data_sha256: str | None, shard_sha256: str | None) -> tuple[str, int, int, dict[str, Any]]:
     from ..plan import Unit, plan_cells
     from ..unit import UnitSettings
 
     state = _worker_state(cfg_json)
     cfg: SweepConfig = state["cfg"]
-    lm = _loaded(state, model_index)
+    lm = _loaded(state, model_index, data_sha256)
     worker = state["worker"]
+    _check_shard(worker, lm.label, start, stop, shard_sha256)
     # the same planning as the driver's (cascade upstream cells included), from this worker's view
     cells = plan_cells([(lm.label, lm.fingerprint)], worker.source.fingerprint,
                        list(state["attacks"].values()), cfg.seed, cfg.accounting)
@@ -77,14 +87,17 @@ def _run_unit(cfg_json: dict[str, Any], model_index: int, attack_label: str, key
     if cell.key != key:
         raise UserError(f"worker sees other data or weights for {lm.label}/{attack_label} than the driver "
                         "(check that every node has the same checkpoints and data)")
-    settings = UnitSettings(batch_size=cfg.batch_size, seed=cfg.seed, accounting=cfg.accounting)
+    settings = UnitSettings(batch_size=cfg.batch_size, seed=cfg.seed, accounting=cfg.accounting,
+                            explorer_samples=cfg.explorer_samples)
     s, e, meta = worker.run_unit(lm, Unit(cell, start, stop), settings)
     return cell.id, s, e, meta
 
 
-def _run_model_pass(cfg_json: dict[str, Any], model_index: int, key: str, settings: Any) -> str:
+def _run_model_pass(cfg_json: dict[str, Any], model_index: int, key: str, settings: Any,
+                    data_sha256: str | None) -> str:
     state = _worker_state(cfg_json)
-    lm = _loaded(state, model_index)
+    lm = _loaded(state, model_index, data_sha256)
+    _check_shard(state["worker"], lm.label, 0, state["worker"].source.n, data_sha256)
     state["worker"].run_model_pass(lm, key, settings)
     return lm.label
 
@@ -153,6 +166,8 @@ def run_units_on_ray(sweep: Any, store: ResultStore, pending: Any, progress: boo
         pass_task = ray.remote(_run_model_pass).options(**opts)
         cfg_json = cfg.model_dump(mode="json")
         index = {lm.label: i for i, lm in enumerate(sweep.models)}
+        source = sweep.source
+        data_sha = source.fingerprint.get("sha256") if source.in_memory else None
         # cascade accounting: a unit reads its upstream cells' units, so it waits for their wave
         waves: dict[int, list[Any]] = {}
         for u in pending.units:
@@ -165,13 +180,14 @@ def run_units_on_ray(sweep: Any, store: ResultStore, pending: Any, progress: boo
         try:
             for depth in sorted(waves):
                 refs = {unit_task.remote(cfg_json, index[u.cell.model], u.cell.attack.label, u.cell.key,
-                                         u.start, u.stop): "unit" for u in waves[depth]}
+                                         u.start, u.stop, data_sha, source.shard_sha256(u.start, u.stop)
+                                         ): "unit" for u in waves[depth]}
                 if depth == max(waves):
-                    refs.update({pass_task.remote(cfg_json, index[label], key, settings): "pass"
+                    refs.update({pass_task.remote(cfg_json, index[label], key, settings, data_sha): "pass"
                                  for label, key in pending.model_passes.items()})
                 _gather(ray, refs, done, bar, t0)
             if not waves:
-                _gather(ray, {pass_task.remote(cfg_json, index[label], key, settings): "pass"
+                _gather(ray, {pass_task.remote(cfg_json, index[label], key, settings, data_sha): "pass"
                               for label, key in pending.model_passes.items()}, done, bar, t0)
         finally:
             bar.close()
