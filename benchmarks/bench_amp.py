@@ -12,7 +12,8 @@ difference.
 
     python benchmarks/bench_amp.py runs/adv125/vgg16_fgsm-rs/best.safetensors --n 128
 
-On a CPU without native bf16 the engine refuses ``amp: bf16`` (one line, exit 2) and so does this.
+``amp: bf16`` is honoured even where bf16 is emulated (``devices.amp_dtype``): name the CPU beside the
+figures (the machine lines printed first say which flags it has).
 """
 
 from __future__ import annotations
