@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+ZOO_STAMP := $(VENV)/.installed-zoo
 
-.PHONY: install demo test lint bench clean gpu-wheels gpu-check gpu-study
+.PHONY: install demo test lint bench clean browser gpu-wheels gpu-check gpu-study
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,13 +13,29 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
+# the zoo sources' libraries (robustbench, timm, huggingface-hub), for `make test` only (the demo does
+# not need them); pinned: unpinned, pip's resolver gave up (constraints-zoo.txt says why)
+$(ZOO_STAMP): $(STAMP) constraints-zoo.txt
+	$(BIN)/pip install --quiet -e ".[test,zoo]" -c constraints-zoo.txt
+	touch $(ZOO_STAMP)
+
 install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/robustbench-lta demo
 
-test: $(STAMP)
+test: $(ZOO_STAMP)
 	$(BIN)/python -m pytest -q
+
+# browser: headless Chromium for tests/test_html_report.py (Debian's `chromium`), installed only when
+# missing and only where apt-get may run (root); otherwise a note, and that test skips with the reason.
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then \
+		echo "browser: $$(command -v chromium || command -v chromium-browser)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+			|| echo "note: apt-get could not install chromium: the browser test will skip"; \
+	else echo "note: chromium is missing and installing it needs root and apt-get: the browser test will skip"; fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check robustbench_lta attacks tests benchmarks

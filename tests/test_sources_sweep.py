@@ -70,8 +70,11 @@ def test_imagenet_folder_resize_crop_keeps_card_labels(tmp_path: Path, monkeypat
     base = ["sweep", "--model", f"timm:{TIMM_TINY}", "--data", f"imagefolder:{folder}", "--attack", "fgsm",
             "--eps", "0,1", "--n", "6", "--quiet", "--set", "sanity_samples=0",
             "--set", "attention_samples=0"]
-    assert run_cli(*base, "--out", str(tmp_path / "r0")) == 2  # mixed sizes, no resize: one-line error
-    assert "resize" in capsys.readouterr().err
+    # mixed sizes, no resize given: the model's own preprocessing (its card) makes them its input size
+    assert run_cli(*base, "--out", str(tmp_path / "r0")) == 0, capsys.readouterr().err
+    own = json.loads((tmp_path / "r0" / "manifest.json").read_text())
+    pre = own["models"][TIMM_TINY]["card"]["preprocess"]
+    assert own["dataset"]["fingerprint"]["kwargs"]["crop"] == pre["crop"] == 160
     code = run_cli(*base, "--out", str(tmp_path / "r1"), "--set", "data.kwargs.resize=256",
                    "--set", "data.kwargs.crop=224")
     assert code == 0, capsys.readouterr().err

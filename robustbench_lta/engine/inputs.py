@@ -300,6 +300,14 @@ def resolve_source(cfg: SweepConfig, data: Any, models: list[LoadedModel],
         card_classes = (models[0].card or {}).get("class_names")
         if spec.name.startswith("imagefolder:") and card_classes and "classes" not in kwargs:
             kwargs["classes"] = card_classes  # a folder of some classes keeps the card's label indices
+        from_card: dict[str, Any] = {}
+        if spec.name.startswith("imagefolder:") and not {"resize", "crop"} & set(kwargs):
+            # an image folder gets the first model's own preprocessing (its library's resize, crop and
+            # interpolation) unless the config sets its own
+            from ..sources import card_preprocess_kwargs
+
+            from_card = card_preprocess_kwargs(models[0].card)
+            kwargs.update(from_card)
         resized = bool(kwargs.get("resize") or kwargs.get("crop"))
         if spec.name.startswith("imagefolder:"):  # on disk: decoded batch by batch, never all at once
             from ..data.streaming import ImageFolderStream
@@ -311,7 +319,10 @@ def resolve_source(cfg: SweepConfig, data: Any, models: list[LoadedModel],
             source = from_dataset(stream, cfg.n, stream.classes)
             source.num_workers = min(4, os.cpu_count() or 1)
             source.name = stream.name
-            source.fingerprint = {**_data_fingerprint_base(spec), **source.fingerprint, "name": "imagefolder"}
+            base = _data_fingerprint_base(spec)
+            if from_card:  # the images are what the preprocessing makes of the files
+                base["kwargs"] = {**base["kwargs"], **from_card}
+            source.fingerprint = {**base, **source.fingerprint, "name": "imagefolder"}
             return source
         ds = load_dataset(spec.name, split="test", root=spec.root, download=spec.download, n=cfg.n, **kwargs)
         _check_cards(models, ds.classes, ds.image_size, spec.name, resized)

@@ -5,8 +5,8 @@ checkpoints); the engine calls :func:`resolve_model_source` for every model of a
 """
 
 from .card import ModelCard, Normalized, Published, ResolvedModel
-from .check import check_data_against_card
+from .check import card_preprocess_kwargs, check_data_against_card
 from .resolve import resolve_model_source
 
-__all__ = ["ModelCard", "Normalized", "Published", "ResolvedModel", "check_data_against_card",
-           "resolve_model_source"]
+__all__ = ["ModelCard", "Normalized", "Published", "ResolvedModel", "card_preprocess_kwargs",
+           "check_data_against_card", "resolve_model_source"]

@@ -57,9 +57,41 @@ def check_data_against_card(dataset_classes: Sequence[str] | None, input_size: S
         h, w = (int(v) for v in input_size)
         msg = f"{what} has {h}x{w} images but {who} expects {size[0]}x{size[1]} (its card)"
         if not resized:
-            pre = _field(card, "preprocess") or {}
-            tip = (f"--set data.kwargs.resize={pre['resize']} --set data.kwargs.crop={pre['crop']}"
-                   if pre.get("resize") and pre.get("crop") else f"--set data.kwargs.resize={size[0]}")
-            raise UserError(f"{msg}: resize the data (for imagefolder: {tip}) or use data of the "
-                            "model's size")
+            raise UserError(f"{msg}: {preprocess_advice(card, size)}")
         warnings.warn(f"{msg}; evaluated at the resized size as asked", stacklevel=2)
+
+
+def card_preprocess_kwargs(card: ModelCard | Mapping[str, Any] | None) -> dict[str, Any]:
+    """The image-folder kwargs (resize, crop, interpolation) of the model's own preprocessing, as its
+    library's transform does it (timm's pretrained_cfg, torchvision's ``weights.transforms()``,
+    RobustBench's ImageNet list); empty when the card names none or the model resizes inside itself
+    (``--resize-inputs``)."""
+    if card is None or _field(card, "input_resize"):
+        return {}
+    pre = _field(card, "preprocess") or {}
+    return {k: pre[k] for k in ("resize", "crop", "interpolation") if pre.get(k) is not None}
+
+
+def preprocess_flags(card: ModelCard | Mapping[str, Any], size: Sequence[int] | None = None) -> str:
+    """The ``--set data.kwargs...`` flags that give an image folder the model's own preprocessing."""
+    pre = _field(card, "preprocess") or {}
+    size = size or _field(card, "input_size") or ()
+    flags = []
+    for key in ("resize", "crop", "interpolation"):
+        value = pre.get(key)
+        if value is None:
+            continue
+        text = f"[{','.join(str(int(v)) for v in value)}]" if isinstance(value, list | tuple) else str(value)
+        flags.append(f"--set data.kwargs.{key}={text}")
+    if not flags and size:
+        flags.append(f"--set data.kwargs.resize={int(size[0])}")
+    return " ".join(flags)
+
+
+def preprocess_advice(card: ModelCard | Mapping[str, Any], size: Sequence[int] | None = None) -> str:
+    """How to give the data the model's own preprocessing, or resize inside the model instead."""
+    pre = _field(card, "preprocess") or {}
+    origin = f" ({pre['origin']})" if pre.get("origin") else ""
+    return (f"give an image folder the model's own preprocessing{origin}: {preprocess_flags(card, size)}; "
+            "or pass --resize-inputs to resize the given images inside the model (bilinear, whole image, "
+            "not the library's transform)")

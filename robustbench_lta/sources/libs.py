@@ -67,7 +67,6 @@ def _timm_card_fields(model: Any, pretrained: bool, num_classes: int) -> dict[st
     timm = _import_timm()
     cfg = timm.data.resolve_data_config({}, model=model)
     h, w = int(cfg["input_size"][1]), int(cfg["input_size"][2])
-    crop_pct = float(cfg.get("crop_pct") or 1.0)
     names = None
     if pretrained and num_classes == 1000:
         try:
@@ -79,9 +78,30 @@ def _timm_card_fields(model: Any, pretrained: bool, num_classes: int) -> dict[st
             names = None
     return {"input_size": (h, w), "mean": tuple(float(v) for v in cfg["mean"]),
             "std": tuple(float(v) for v in cfg["std"]), "class_names": names,
-            "preprocess": {"resize": int(math.floor(h / crop_pct)), "crop": h, "crop_pct": crop_pct,
-                           "interpolation": str(cfg.get("interpolation", "bilinear")),
-                           "origin": "timm.data.resolve_data_config"}}
+            "preprocess": timm_preprocess(cfg)}
+
+
+def timm_preprocess(cfg: dict[str, Any]) -> dict[str, Any]:
+    """timm's eval transform (``create_transform(**resolve_data_config(...))``) as image-folder kwargs.
+
+    timm resizes the shorter side to ``floor(size / crop_pct)`` with the config's interpolation, then
+    centre-crops (``crop_mode`` center); ``squash`` resizes both sides. Both are exactly what the image
+    folder's Resize + CenterCrop do on the decoded PIL image. ``border`` (resize the longer side, pad)
+    and non-square sizes have no image-folder equivalent: ``exact`` is then False.
+    """
+    h, w = int(cfg["input_size"][1]), int(cfg["input_size"][2])
+    crop_pct = float(cfg.get("crop_pct") or 0.875)  # timm's DEFAULT_CROP_PCT
+    mode = str(cfg.get("crop_mode") or "center")
+    interpolation = str(cfg.get("interpolation") or "bilinear")
+    scale = int(math.floor(h / crop_pct))
+    pre: dict[str, Any] = {"resize": scale, "crop": h, "interpolation": interpolation, "crop_pct": crop_pct,
+                           "crop_mode": mode, "exact": h == w and mode in ("center", "squash"),
+                           "origin": "timm.data.resolve_data_config + create_transform"}
+    if mode == "squash":
+        pre["resize"] = [scale, scale]
+    if h != w:
+        pre["crop"] = [h, w]
+    return pre
 
 
 def build_timm(name: str, num_classes: int | None, seed: int,
@@ -136,6 +156,16 @@ def resolve_timm(name: str, *, num_classes: int | None = None, seed: int = 0,
 
 
 # ------------------------------------------------------------------------------------ torchvision
+def torchvision_preprocess(tf: Any, arch: str) -> dict[str, Any]:
+    """The weights' ``transforms()`` (``ImageClassification``) as image-folder kwargs: shorter side
+    resized with its interpolation (antialiased, as torchvision's Resize is on PIL images), centre crop."""
+    resize = [int(v) for v in tf.resize_size]
+    crop = [int(v) for v in tf.crop_size]
+    return {"resize": resize[0] if len(resize) == 1 else resize, "crop": crop[0] if len(crop) == 1 else crop,
+            "interpolation": str(tf.interpolation.value), "antialias": bool(getattr(tf, "antialias", True)),
+            "exact": True, "origin": f"torchvision {arch} weights.transforms()"}
+
+
 def resolve_torchvision(name: str, *, num_classes: int | None = None, seed: int = 0,
                         download: bool = False) -> ResolvedModel:
     import torchvision.models as tvm
@@ -188,9 +218,7 @@ def resolve_torchvision(name: str, *, num_classes: int | None = None, seed: int 
     card = ModelCard(source=f"torchvision:{name}", architecture=f"torchvision:{arch}", weights_sha256=sha,
                      num_classes=k, input_size=(crop, crop), mean=mean, std=std,
                      class_names=categories if pretrained else None, pretrained=pretrained,
-                     preprocess={"resize": int(tf.resize_size[0]), "crop": crop,
-                                 "interpolation": str(tf.interpolation.value),
-                                 "origin": f"torchvision {arch} weights.transforms()"},
+                     preprocess=torchvision_preprocess(tf, arch),
                      weights_file=str(path) if pretrained else None, notes=notes)
     return ResolvedModel(Normalized(model, mean, std), card)
 

@@ -252,6 +252,8 @@ def resolve_state_dict(path: Path, arch: str, *, num_classes: int | None = None,
     if arch.startswith("torchvision:"):
         import torchvision.models as tvm
 
+        from .libs import torchvision_preprocess
+
         tv = arch[len("torchvision:"):]
         try:
             builder = tvm.get_model_builder(tv)
@@ -264,7 +266,7 @@ def resolve_state_dict(path: Path, arch: str, *, num_classes: int | None = None,
         crop = int(tf.crop_size[0])
         card = ModelCard(source=str(path), architecture=arch, weights_sha256=sha, num_classes=k,
                          input_size=(crop, crop), mean=tuple(tf.mean), std=tuple(tf.std),
-                         preprocess={"resize": int(tf.resize_size[0]), "crop": crop}, weights_file=str(path))
+                         preprocess=torchvision_preprocess(tf, tv), weights_file=str(path))
         return ResolvedModel(Normalized(net.eval(), card.mean, card.std), card)
     if arch not in list_models():
         close = difflib.get_close_matches(arch, list_models(), n=3, cutoff=0.5)

@@ -136,21 +136,11 @@ def restricted_torch_load(path: Path) -> Any:
                         "from a copy you trust") from None
 
 
-def _strip(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state.items()}
-
-
 def zoo_state_dict(checkpoint: Any) -> dict[str, torch.Tensor]:
-    """The zoo's file layouts, as RobustBench's loader reads them: the state dict, without the
-    ``module.`` / ``model.`` prefixes of DataParallel and wrapper modules."""
-    if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("last"), Mapping):
-        checkpoint = checkpoint["last"]  # Kireev2021Effectiveness*, Andriushchenko2020Understanding
-    if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("state_dict"), Mapping):
-        checkpoint = checkpoint["state_dict"]
-    if not isinstance(checkpoint, Mapping) or not all(
-            isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        raise UserError("the zoo file holds no state dict of tensors")
-    return _strip(_strip(checkpoint, "module."), "model.")
+    """A zoo file's state dict without its ``module.``/``model.`` prefixes (see zoo_keys)."""
+    from .zoo_keys import unwrap_checkpoint
+
+    return unwrap_checkpoint(checkpoint)
 
 
 def resolve_robustbench(spec: str, *, download: bool = False) -> ResolvedModel:
@@ -179,24 +169,17 @@ def resolve_robustbench(spec: str, *, download: bool = False) -> ResolvedModel:
 
         path.parent.mkdir(parents=True, exist_ok=True)
         download_gdrive_new(entry["gdrive_id"], path)
-    state = zoo_state_dict(restricted_torch_load(path))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        net = entry["model"]()
-    notes = []
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError:
-        # ImageNet models keep their normalisation in a wrapper whose weights sit under "model."
-        try:
-            net.load_state_dict({f"model.{k}": v for k, v in state.items()}, strict=True)
-        except RuntimeError as exc:
-            detail = " ".join(str(exc).split())[:200]
-            raise UserError(f"{path} does not fit the zoo's {name} architecture ({detail})") from None
-        notes.append("weights loaded under the zoo wrapper's 'model.' prefix")
+    from .zoo_keys import build_zoo_net, fit_zoo_state, zoo_keys
+
+    net = build_zoo_net(entry, dataset, threat, name)
+    state = zoo_keys(zoo_state_dict(restricted_torch_load(path)), dataset, threat, name, net)
+    state, notes = fit_zoo_state(net, state, dataset, name, str(path))
+    # fit_zoo_state checked every parameter and buffer; only tolerated normalisation constants are left out
+    net.load_state_dict(state, strict=False)
     net.eval()
     size, resize = (32, None) if dataset != "imagenet" else _INPUT.get(
         str(entry.get("preprocessing") or "Res256Crop224"), (224, 256))
+    preprocessing = str(entry.get("preprocessing") or "")
     class_names = CIFAR10_CLASSES if dataset == "cifar10" else None
     if dataset == "imagenet":
         class_names = _imagenet_synsets()
@@ -209,11 +192,22 @@ def resolve_robustbench(spec: str, *, download: bool = False) -> ResolvedModel:
         weights_sha256=file_sha256(path), num_classes=_DATASETS[dataset], input_size=(size, size),
         class_names=class_names, published=published,
         dataset={"name": dataset} if dataset != "imagenet" else None,
-        preprocess={"resize": resize, "crop": size} if resize else {},
+        preprocess=_zoo_preprocess(preprocessing) if dataset == "imagenet" else {},
         weights_file=str(path), notes=["normalisation inside the zoo's network", *notes],
     )
     # RobustBench models take [0,1] images and normalise themselves: identity wrapper
     return ResolvedModel(Normalized(net, card.mean, card.std), card)
+
+
+def _zoo_preprocess(preprocessing: str) -> dict[str, Any]:
+    """RobustBench's own ImageNet transform for the entry (``robustbench.data.PREPROCESSINGS``)."""
+    origin = f"robustbench.data.PREPROCESSINGS[{preprocessing or 'Res256Crop224'!r}]"
+    if preprocessing == "Crop288":
+        return {"crop": 288, "origin": origin}
+    if preprocessing == "Res224":  # both sides to 224, aspect ratio not kept
+        return {"resize": [224, 224], "interpolation": "bilinear", "origin": origin}
+    mode = "bicubic" if preprocessing.startswith("Bicubic") else "bilinear"
+    return {"resize": 256, "crop": 224, "interpolation": mode, "origin": origin}
 
 
 def _imagenet_synsets() -> list[str] | None:
