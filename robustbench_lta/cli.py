@@ -490,14 +490,17 @@ def _check_attention_keys(folder: Path) -> None:
 @click.option("--curves", type=click.Choice(["robust", "conditional", "both"]), default="both",
               show_default=True,
               help="Curves of robust accuracy, of robust accuracy among clean-correct images, or both.")
+@click.option("--html", "html_dir", default=None, type=click.Path(),
+              help="Also write the HTML report (table, curves, per-sample explorer) into this folder; "
+              "open DIR/index.html from disk.")
 @_THREADS_OPTION
 def report_cmd(results: tuple[str, ...], out: str, title: str | None, force: bool, curves: str,
-               threads: int | None) -> None:
+               html_dir: str | None, threads: int | None) -> None:
     """Make a comparison report (PDF + PNG figures + CSV/Markdown tables) from RESULTS folders.
 
     Folders that evaluated different data or samples are refused unless --force. When no strong
     attack ran, page 1 says the numbers are upper bounds and names the command that adds AutoAttack
-    to the same results folder.
+    to the same results folder. With --html DIR, also a self-contained HTML folder.
     """
     from .reporting.pdf import build_report
 
@@ -506,11 +509,22 @@ def report_cmd(results: tuple[str, ...], out: str, title: str | None, force: boo
         check_attention_files(Path(folder))
         _check_attention_keys(Path(folder))
     check_out_folder(str(Path(out).parent), "--out")
+    if html_dir is not None:  # refused before the PDF is written, not after
+        from .reporting.html import check_html_out
+
+        check_out_folder(str(Path(html_dir).parent), "--html")
+        check_html_out(Path(html_dir))
     WRITING.append(str(out))
     res = build_report([Path(r) for r in results], Path(out), title=title, force=force, curves=curves)
     for caveat in res.verdict.get("caveats", []):
         click.echo(f"note: {caveat}", err=True)
     click.echo(f"report: {res.pdf}")
+    if html_dir is not None:
+        from .reporting.html import build_html_report
+
+        WRITING.append(str(html_dir))
+        page = build_html_report([Path(r) for r in results], Path(html_dir), title=title, force=force)
+        click.echo(f"html report: {page.index} ({page.records} explorer samples, {page.images} images)")
 
 
 # --------------------------------------------------------------------------------------- demo

@@ -338,6 +338,10 @@ class SweepConfig(_Strict):
         "local", description="local: in this process; ray: models spread over a Ray cluster"
     )
     attention_samples: int = Field(8, ge=0, description="images whose attention maps are stored")
+    explorer_samples: int = Field(
+        8, ge=0, le=1024, description="per cell (model x attack), the first K samples whose clean and "
+        "adversarial images (and attention maps) are stored in explorer/ for the HTML report's per-sample "
+        "explorer: about K x (1 + eps count) images per cell, whatever n is; 0: none")
     sanity_samples: int = Field(
         64, ge=0, description="samples for the model checks and the large-eps probe (the probe takes at most "
         "n/8 of them, at least 16; 0: skip the probe)"

@@ -5,8 +5,8 @@ What lives here and nowhere else:
   ``SANITY_COLUMNS``), their dtypes and the status values of a cell;
 - the worst-case rule (:func:`broken_at_eps`, :func:`worst_case_rows`), implemented once and
   vectorised;
-- the file layout (:class:`ResultsLayout`): where unit files, tables, attention maps, the lock and
-  the manifest are.
+- the file layout (:class:`ResultsLayout`): where unit files, tables, attention maps, explorer images,
+  the lock and the manifest are.
 
 Definitions (the same as AutoAttack / RobustBench report them):
 - robust accuracy at eps: share of samples classified correctly clean AND not broken by the attack;
@@ -57,6 +57,19 @@ SANITY_COLUMNS = ["check", "model", "attack", "eps", "status", "value", "message
 #: columns that measure the run, not its answer (two runs of one sweep agree on everything else)
 TIMING_COLUMNS = ("seconds",)
 
+#: explorer images (``explorer/MODEL/ATTACK.npz``, one per cell): the first ``explorer_samples``
+#: sample positions of the cell (the same samples for every model and attack), for the HTML report.
+#: ``clean`` (k,H,W,C) uint8; ``delta`` (E,k,H,W,C) int8, the perturbation ``adv - clean`` on the
+#: [0,1] scale as ``delta / 127 * delta_max``; ``delta_max`` (E,k) float32; ``stored`` (E,k) bool
+#: (False: no adversarial example of this attack at that eps: misclassified clean, skipped under
+#: cascade accounting, or the budget failed); ``index``/``position``/``label`` (k,) int64; ``eps``
+#: (E,) float64; ``model``/``attack``/``key`` 0-d str; attention models add ``clean_level{j}``
+#: (k,h,w) and ``adv_level{j}`` (E,k,h,w) float16 (each map sums to 1).
+EXPLORER_KEYS = ("clean", "delta", "delta_max", "stored", "index", "position", "label", "eps", "model",
+                 "attack", "key")
+#: the int8 scale of ``delta``: ``delta_max`` maps to this value
+EXPLORER_DELTA_LEVELS = 127
+
 TABLES = ("summary", "samples", "sanity", "attention")
 CSV_TABLES = ("summary", "sanity")
 
@@ -96,6 +109,18 @@ class ResultsLayout:
 
     def attention_npz(self, model: str) -> Path:
         return self.attention_dir / f"{safe_name(model)}.npz"
+
+    @property
+    def explorer_dir(self) -> Path:
+        return self.root / "explorer"
+
+    def explorer_npz(self, model: str, attack: str) -> Path:
+        """One cell's explorer images (:data:`EXPLORER_KEYS`), assembled from its units' files."""
+        return self.explorer_dir / safe_name(model) / f"{safe_name(attack)}.npz"
+
+    def unit_explorer_npz(self, cell_id: str, unit_id: str) -> Path:
+        """A unit's share of its cell's explorer images (written before the unit's json marker)."""
+        return self.cell_dir(cell_id) / f"{unit_id}.explorer.npz"
 
 
 def empty_frame(columns: list[str]) -> pd.DataFrame:

@@ -91,7 +91,7 @@ def test_item6_params_are_declared_typed_and_listed():
 
     infos = {a.name: a for a in list_attacks()}
     assert infos["pgd-linf"].defaults == {"steps": 10, "alpha": None, "restarts": 1, "random_start": True,
-                                          "keep": "best"}
+                                          "keep": "best", "loss": "ce"}
     for name in ("fgsm", "pgd-linf", "pgd-l2", "mifgsm", "cw-l2", "deepfool", "square", "apgd-ce",
                  "gaussian-noise", "boundary", "autoattack", "fgm-l2"):
         cls = type(get_attack(name))

@@ -38,6 +38,7 @@ from ..results import (
     worst_case_rows,
 )
 from ..utils import apply_umask
+from .explorer import assemble_cell as assemble_explorer
 from .plan import Cell
 from .sanity import AttackTraits, table_checks
 from .store import ResultStore, _disk_error
@@ -150,6 +151,7 @@ def assemble(store: ResultStore, models: Sequence[str], cells: Sequence[CellUnit
                     clean_pred=first_eps["clean_pred"].to_numpy(dtype=np.int64), eps_status=status)
                 samples_m.append(ok_rows)
                 samples_out.add(ok_rows)
+                assemble_explorer(store.layout, cu.cell.id, model, plan.label, cu.cell.key, cu.units)
                 att = _read_cell(store, cu, "attention")
                 if att is not None and all(s["status"] == STATUS_OK for s in status):
                     attention_out.add(att[ATTENTION_COLUMNS])

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..plugins.registry import get_attack
+from ..plugins.strength import strongest_family
 from ..utils import derive_seed
 from .inputs import SampleSource
 from .plan import AttackPlan
@@ -47,12 +48,15 @@ class ModelPassResult:
 
 
 def figure_attack(attacks: list[AttackPlan]) -> AttackPlan | None:
-    """The attack whose adversarial maps the report shows: FGSM if swept, else the first L-inf one."""
+    """The attack whose adversarial maps the report shows: the strongest L-inf family swept.
+
+    Maps under a weak attack (FGSM) understate how far attention moves under the attack page 1 names,
+    so the family ranking is the report's own (plugins/strength.py: strong, multi-step, single-step);
+    within a family, the attack with more budgets (the figure shows up to three), then sweep order.
+    """
     bounded = [a for a in attacks if a.bounded and a.norm == "linf"]
-    for a in bounded:
-        if a.name == "fgsm":
-            return a
-    return bounded[0] if bounded else None
+    best = strongest_family([(a.label, a.name, a.params, sum(e > 0 for e in a.eps)) for a in bounded])
+    return next((a for a in bounded if a.label == best), None)
 
 
 def _first_correct(pm: PreparedModel, source: SampleSource, want: int, batch_size: int,

@@ -80,14 +80,22 @@ class ResultStore:
         return out
 
     def write_unit(self, cell_id: str, unit_id: str, meta: dict[str, Any], samples: pd.DataFrame,
-                   attention: pd.DataFrame | None) -> None:
+                   attention: pd.DataFrame | None, explorer: dict[str, np.ndarray] | None = None) -> None:
+        """A unit's files, each atomically; the json marker last, so a unit is whole or absent."""
         table, att, meta_path = self._unit_paths(cell_id, unit_id)
+        images = self.layout.unit_explorer_npz(cell_id, unit_id)
         try:
             atomic_write_dataframe(table, samples)
             if attention is not None and len(attention):
                 atomic_write_dataframe(att, attention)
             else:
                 att.unlink(missing_ok=True)
+            if explorer is not None:
+                from .explorer import npz_bytes
+
+                atomic_write_bytes(images, npz_bytes(explorer))
+            else:  # a recomputed unit must not keep an earlier run's images
+                images.unlink(missing_ok=True)
             atomic_write_json(meta_path, meta)
         except OSError as exc:
             raise _disk_error(table, exc) from None
@@ -154,11 +162,13 @@ class ResultStore:
         """Delete the temporary files of writes that never finished (a worker or driver killed mid-write).
 
         Only names ``atomic_write_bytes``/``tempfile.mkstemp`` give (``.NAME.XXXXXXXX.tmp``) in the
-        folder, its ``units/`` tree and ``attention/``: nothing else is touched. Call it only while
+        folder, its ``units/`` and ``explorer/`` trees and ``attention/``: nothing else is touched. Call it
+        only while
         holding the lock (no other sweep writes here) and before any worker of this sweep starts.
         """
         removed: list[Path] = []
-        places = [(self.root, False), (self.layout.units, True), (self.layout.attention_dir, False)]
+        places = [(self.root, False), (self.layout.units, True), (self.layout.attention_dir, False),
+                  (self.layout.explorer_dir, True)]
         for folder, deep in places:
             if not folder.is_dir():
                 continue

@@ -57,7 +57,8 @@ class Sweep:
     @property
     def unit_settings(self) -> UnitSettings:
         cfg = self.cfg
-        return UnitSettings(batch_size=cfg.batch_size, seed=cfg.seed, accounting=cfg.accounting)
+        return UnitSettings(batch_size=cfg.batch_size, seed=cfg.seed, accounting=cfg.accounting,
+                            explorer_samples=cfg.explorer_samples)
 
     @property
     def model_pass_settings(self) -> ModelPassSettings:

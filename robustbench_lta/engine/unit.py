@@ -39,6 +39,7 @@ from ..plugins.verify import verify_batch
 from ..results import ATTENTION_COLUMNS, SAMPLE_COLUMNS, STATUS_FAILED, STATUS_INVALID, STATUS_OK
 from ..utils import derive_seed
 from .cascade import UpstreamBreaks
+from .explorer import ExplorerCapture
 from .inputs import SampleSource, to_engine_layout
 from .models import same_bits
 from .plan import AttackPlan, Unit
@@ -54,6 +55,7 @@ class UnitSettings:
     batch_size: int
     seed: int
     accounting: str
+    explorer_samples: int = 0  # per cell, the first K positions whose images are kept (engine/explorer.py)
 
 
 @dataclass
@@ -62,6 +64,7 @@ class UnitResult:
     attention: pd.DataFrame | None
     eps_status: list[dict[str, Any]]  # per eps: eps, status, message, seconds, forward, backward
     clean_correct: np.ndarray | None = None  # per shard position: clean prediction == label
+    explorer: dict[str, np.ndarray] | None = None  # this unit's explorer images (positions below K)
 
     @property
     def status(self) -> str:
@@ -172,7 +175,7 @@ class _Shard:
 
 
 def clean_pass(pm: PreparedModel, source: SampleSource, positions: np.ndarray, batch_size: int,
-               with_maps: bool) -> _Shard:
+               with_maps: bool, explorer: ExplorerCapture | None = None) -> _Shard:
     m = len(positions)
     label = np.empty(m, dtype=np.int64)
     clean_pred = np.empty(m, dtype=np.int64)
@@ -180,11 +183,13 @@ def clean_pass(pm: PreparedModel, source: SampleSource, positions: np.ndarray, b
     done = 0
     size = (0, 0)
     with torch.inference_mode():
-        for _pos, x, y in source.batches(positions, batch_size, pm.device):
+        for pos, x, y in source.batches(positions, batch_size, pm.device):
             size = (int(x.shape[-2]), int(x.shape[-1]))
             pred, *maps = _predict(pm, x, with_maps)
             if with_maps:
                 parts.append(maps)
+            if explorer is not None:
+                explorer.add_clean(pos, x)
             k = len(x)
             label[done:done + k] = y.cpu().numpy()
             clean_pred[done:done + k] = pred.cpu().numpy()
@@ -245,9 +250,15 @@ def run_attack_unit(pm: PreparedModel, source: SampleSource, unit: Unit, setting
     E = len(chain)
     worst = settings.accounting in ("worst-case", "cascade")
     drift = pm.has_attention and plan.bounded
+    explorer = ExplorerCapture.for_unit(unit.start, unit.stop, settings.explorer_samples, E)
+    # explorer maps come from the forwards that predict anyway (one forward gives logits and maps)
+    explorer_maps = pm.has_attention and explorer is not None
     t0 = time.perf_counter()
     f0, b0 = pm.model.work()
-    shard = clean_pass(pm, source, np.arange(unit.start, unit.stop), settings.batch_size, drift)
+    shard = clean_pass(pm, source, np.arange(unit.start, unit.stop), settings.batch_size,
+                       drift or explorer_maps, explorer)
+    if explorer is not None:
+        explorer.set_clean_maps(shard.maps)
     rec = _Records(shard, E)
     skip = (upstream.has & shard.correct[None, :] if upstream is not None
             else np.zeros((E, len(shard.positions)), dtype=bool))
@@ -291,12 +302,15 @@ def run_attack_unit(pm: PreparedModel, source: SampleSource, unit: Unit, setting
             where = "" if math.isinf(eps) else f"eps {eps * 255:.4g}/255: "
             raise InvalidBatch(where + str(v.reason))
         xa = to_engine_layout(xa)
-        pred_t, *maps = _predict(pm, xa, drift)
+        keep = explorer is not None and explorer.wants(pos)
+        pred_t, *maps = _predict(pm, xa, drift or (explorer_maps and keep))
         pred = pred_t.cpu().numpy()
         rel = pos - unit.start
         rec.record(k, rel, pred, v.norms.cpu().double().numpy(), shard.label)
         if drift:
             att_rows.append(_drift_rows(shard, rel, maps, eps, source.index[pos]))
+        if keep:
+            explorer.add_adversarial(k, pos, x, xa, maps)
         return pred != shard.label[rel]  # host labels: no device sync per batch and budget
 
     def account(k: int, t_start: float, w_start: tuple[int, int]) -> None:
@@ -396,6 +410,8 @@ def run_attack_unit(pm: PreparedModel, source: SampleSource, unit: Unit, setting
                    "next cell")] * E
     if worst:
         rec.carry()
+        if explorer is not None:
+            explorer.carry(rec.first_broken, rec.attacked)
     if upstream is not None:
         rec.fill_upstream(upstream, skip)
     return UnitResult(
@@ -405,7 +421,10 @@ def run_attack_unit(pm: PreparedModel, source: SampleSource, unit: Unit, setting
         eps_status=[{"eps": float(e), "status": s, "message": msg, "seconds": seconds[k],
                      "forward": work[k][0], "backward": work[k][1]}
                     for k, (e, (s, msg)) in enumerate(zip(chain, status, strict=True))],
-        clean_correct=shard.correct)
+        clean_correct=shard.correct,
+        explorer=explorer.arrays(model=unit.cell.model, attack=plan.label, key=unit.cell.key, eps=chain,
+                                 index=source.index[shard.positions], label=shard.label)
+        if explorer is not None else None)
 
 
 def _drift_rows(shard: _Shard, rel: np.ndarray, adv_maps: list[torch.Tensor], eps: float,

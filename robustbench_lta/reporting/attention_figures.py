@@ -1,13 +1,12 @@
-"""Attention under attack: map grids from ``attention/MODEL.npz`` and drift curves from attention.parquet.
+"""Attention under attack: map grids from ``attention/MODEL.npz`` (the drift page: attention_drift.py).
 
 The grid shows images the model classified correctly on clean input (the first of the stored ones,
 in stored order; how many were available is said on the page), since maps of a wrong prediction
 say little about attention under attack. Per image: the input and each level's clean map overlaid,
 then the adversarial image and its maps at up to three eps (smallest nonzero, middle, largest),
-with true/predicted labels. Maps are upsampled bilinearly to the image size and share one colour
-scale per image and level so clean and adversarial maps compare directly. The drift page plots the
-mean Jensen-Shannon divergence between clean and adversarial maps vs eps (95% t-interval), and,
-where the dataset has object boxes, the share of attention mass inside the box, clean vs adversarial.
+with true/predicted labels, under the strongest L-inf attack the sweep ran. Maps are upsampled
+bilinearly to the image size, divided by their mean (1 = uniform attention, comparable across
+levels of different resolution) and drawn on one colour scale for the whole page, with a colour bar.
 """
 
 from __future__ import annotations
@@ -19,16 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from matplotlib.figure import Figure
 
+from ..plugins.strength import strongest_family
 from .load import eps_label
 from .pages import new_page
 
 MAX_IMAGES = 6
 CMAP = "jet"
 ALPHA = 0.55
-LINESTYLES = ["-", "--", "-.", ":"]
 MARKERS = ["o", "s", "^", "D"]
 
 
@@ -107,8 +105,13 @@ def pick_eps(eps: np.ndarray) -> list[int]:
     return [nz[0], nz[len(nz) // 2], nz[-1]]
 
 
-def map_grid_page(model: str, path: Path, classes: list[str] | None, title: str) -> Figure:
-    """One page: rows = stored images, columns = input, clean maps, then adversarial image + maps per eps."""
+def map_grid_page(model: str, path: Path, classes: list[str] | None, title: str,
+                  strongest: str | None = None) -> Figure:
+    """One page: rows = stored images, columns = input, clean maps, then adversarial image + maps per eps.
+
+    ``strongest``: the strongest L-inf attack the sweep ran (:func:`figure_choice`); a figure stored
+    under another one (by an older sweep) says so instead of passing for the strongest.
+    """
     data = load_npz(path)
     levels = _levels(data)
     rows, picked = pick_clean_correct(data)
@@ -127,11 +130,12 @@ def map_grid_page(model: str, path: Path, classes: list[str] | None, title: str)
         cols += [("adv", e, None)] + [("adv", e, j) for j in levels]
     fig = new_page(
         title,
-        f"{model}: attention maps (overlay, {CMAP}; one colour scale per image and level) "
-        f"on clean inputs and under {attack}; title = true -> predicted label (red: wrong). {picked}",
+        f"{model}: attention maps on clean inputs and under {attack}{_which(attack, strongest)} "
+        f"(overlay, {CMAP}; each map divided by its mean, so 1 = uniform attention, on one colour scale for "
+        f"every panel: colour bar right); title = true -> predicted label (red: wrong). {picked}",
     )
     ncol, nrow = len(cols), max(k, 1)
-    top, bottom, left, right = 0.79, 0.03, 0.02, 0.98  # below a three-line subtitle
+    top, bottom, left, right = 0.79, 0.03, 0.02, 0.91  # below a three-line subtitle; colour bar right
     cell = min((top - bottom) * 8.27 / nrow, (right - left) * 11.69 / ncol)
     gs = fig.add_gridspec(
         nrow,
@@ -144,17 +148,10 @@ def map_grid_page(model: str, path: Path, classes: list[str] | None, title: str)
         hspace=0.32,
     )
     labels = data["labels"]
+    vmax = shared_vmax(data, rows, levels, chosen)
     for r_shown, r in enumerate(rows):
         img = _img(data["images"][r])
         H, W = img.shape[:2]
-        vmax = {
-            j: max(
-                float(np.max(data[f"clean_level{j}"][r])),
-                *(float(np.max(data[f"adv_level{j}"][e][r])) for e in chosen),
-            )
-            or 1.0
-            for j in levels
-        }
         for c, (kind, e, j) in enumerate(cols):
             ax = fig.add_subplot(gs[r_shown, c])
             ax.set_xticks([])
@@ -164,11 +161,11 @@ def map_grid_page(model: str, path: Path, classes: list[str] | None, title: str)
             if j is not None:
                 m = data[f"clean_level{j}"][r] if kind == "clean" else data[f"adv_level{j}"][e][r]
                 ax.imshow(
-                    upsample_bilinear(m, (H, W)),
+                    upsample_bilinear(relative(m), (H, W)),
                     cmap=CMAP,
                     alpha=ALPHA,
                     vmin=0,
-                    vmax=vmax[j],
+                    vmax=vmax,
                     interpolation="nearest",
                 )
             if "boxes" in data and j is not None:
@@ -193,7 +190,54 @@ def map_grid_page(model: str, path: Path, classes: list[str] | None, title: str)
             ax.set_title("\n".join(t for t in (head, pred_txt) if t), fontsize=7.5, color=colour, pad=2)
     if k == 0:
         fig.text(0.5, 0.5, f"{model}: no stored image was classified correctly on clean input.", ha="center")
+    else:
+        _colour_bar(fig, vmax, left + cell * ncol / 11.69 + 0.012, top - cell * nrow / 8.27, top)
     return fig
+
+
+def figure_choice(manifest: dict[str, Any]) -> str | None:
+    """The attack a sweep of this version draws the maps under: the strongest L-inf one it ran."""
+    cands = [(str(label), str(a.get("name") or label), dict(a.get("params") or {}),
+              sum(1 for e in a.get("eps") or [] if 0 < float(e) < math.inf))
+             for label, a in (manifest.get("attacks") or {}).items()
+             if isinstance(a, dict) and a.get("norm") == "linf" and a.get("bounded", True)]
+    return strongest_family(cands)
+
+
+def _which(attack: str, strongest: str | None) -> str:
+    if strongest is None:
+        return ""
+    if attack == strongest:
+        return ", the strongest L-inf attack swept"
+    return (f" (stored by an older sweep; the strongest L-inf attack swept is {strongest}: re-running the "
+            "sweep into the same folder redraws the maps under it)")
+
+
+def relative(m: np.ndarray) -> np.ndarray:
+    """A map divided by its mean: 1 = uniform attention, whatever the level's resolution (a 32x32
+    softmax map's cells are 16x smaller than an 8x8 one's, so raw values do not share a scale)."""
+    m = np.asarray(m, dtype=float)
+    mean = float(m.mean())
+    return m / mean if mean > 0 else m
+
+
+def shared_vmax(data: dict[str, np.ndarray], rows: list[int], levels: list[int], chosen: list[int]) -> float:
+    """The top of the one colour scale: the 99.5th percentile of every shown map (relative to its mean),
+    so one hot pixel does not wash out every other panel; higher values show in the top colour."""
+    values = [relative(data[f"clean_level{j}"][r]).ravel() for r in rows for j in levels]
+    values += [relative(data[f"adv_level{j}"][e][r]).ravel() for r in rows for j in levels for e in chosen]
+    top = float(np.percentile(np.concatenate(values), 99.5)) if values else 1.0
+    return top if np.isfinite(top) and top > 0 else 1.0
+
+
+def _colour_bar(fig: Figure, vmax: float, x: float, y0: float, y1: float) -> None:
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    cax = fig.add_axes((x, y0, 0.012, max(y1 - y0, 0.1)))
+    bar = fig.colorbar(ScalarMappable(Normalize(0, vmax), CMAP), cax=cax, extend="max")
+    bar.set_label("attention / its mean (1 = uniform)", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
 
 
 def pick_clean_correct(data: dict[str, np.ndarray], limit: int = MAX_IMAGES) -> tuple[list[int], str]:
@@ -214,193 +258,3 @@ def _rect(x0: float, y0: float, x1: float, y1: float) -> Any:
     from matplotlib.patches import Rectangle
 
     return Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="white", lw=0.8, ls="--")
-
-
-def _mean_ci(v: np.ndarray) -> tuple[float, float, float]:
-    """Mean and 95% t-interval (Student t quantile from scipy if available, else normal)."""
-    v = v[np.isfinite(v)]
-    if len(v) == 0:
-        return (math.nan, math.nan, math.nan)
-    m = float(v.mean())
-    if len(v) < 2:
-        return (m, m, m)
-    try:
-        from scipy.stats import t
-
-        q = float(t.ppf(0.975, len(v) - 1))
-    except ImportError:  # pragma: no cover - scipy is a dependency of scikit-learn
-        q = 1.96
-    half = q * float(v.std(ddof=1)) / math.sqrt(len(v))
-    return (m, m - half, m + half)
-
-
-def drift_table(att: pd.DataFrame) -> pd.DataFrame:
-    """Per model, attack, level and eps: mean JS divergence and box mass (clean, adversarial) with 95% CIs."""
-    rows = []
-    finite = att[np.isfinite(att["eps"].astype(float))]
-    for (m, a, lev, e), g in finite.groupby(["model", "attack", "level", "eps"], sort=True):
-        js = _mean_ci(g["js_divergence"].to_numpy(float))
-        bc = _mean_ci(g["box_mass_clean"].to_numpy(float)) if "box_mass_clean" in g else (math.nan,) * 3
-        ba = _mean_ci(g["box_mass_adv"].to_numpy(float)) if "box_mass_adv" in g else (math.nan,) * 3
-        rows.append(
-            {
-                "model": m,
-                "attack": a,
-                "level": int(lev),
-                "eps": float(e),
-                "n": len(g),
-                "js_mean": js[0],
-                "js_lo": js[1],
-                "js_hi": js[2],
-                "box_clean_mean": bc[0],
-                "box_clean_lo": bc[1],
-                "box_clean_hi": bc[2],
-                "box_adv_mean": ba[0],
-                "box_adv_lo": ba[1],
-                "box_adv_hi": ba[2],
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def _drift_attacks(tab: pd.DataFrame) -> tuple[list[str], list[str]]:
-    """(shown, left out): at most three panels, PGD and FGSM first, then the attacks with most eps."""
-    n_eps = tab.groupby("attack")["eps"].nunique()
-    order = sorted(
-        n_eps.index,
-        key=lambda a: (0 if "pgd" in a else 1 if "fgsm" in a else 2, -int(n_eps[a]), a),
-    )
-    return order[:3], order[3:]
-
-
-def drift_page(tab: pd.DataFrame, palette: dict[str, Any], title: str) -> Figure:
-    """JS divergence vs eps (top row) and box mass clean vs adversarial vs eps (bottom row, if boxes)."""
-    attacks, left_out = _drift_attacks(tab)
-    has_box = bool(np.isfinite(tab["box_adv_mean"].to_numpy(float)).any())
-    note = (
-        "Bottom: share of attention mass inside the object box, adversarial (solid) vs clean (dotted, "
-        "same samples)."
-        if has_box
-        else "The dataset has no object boxes, so there is no box-mass row."
-    )
-    if left_out:
-        note += f" Not drawn: {', '.join(left_out)} (all attacks are in attention_drift.csv)."
-    fig = new_page(
-        title,
-        "Attention drift vs eps: mean over the samples the attack ran on at that eps (n beside each "
-        "point: later budgets average fewer, still-unbroken samples), 95% t-interval; line style and "
-        "marker = attention level (L0 = earliest); fewer than 3 budgets: points only. " + note,
-    )
-    nrows = 2 if has_box else 1
-    gs = fig.add_gridspec(
-        nrows,
-        len(attacks),
-        left=0.07,
-        right=0.80,
-        top=0.76,
-        bottom=0.08 if has_box else 0.36,
-        hspace=0.42,
-        wspace=0.38,
-    )
-    for c, attack in enumerate(attacks):
-        d = tab[tab["attack"] == attack]
-        ax = fig.add_subplot(gs[0, c])
-        # n: the samples behind each point (the same for every level), written above the highest band
-        for (m, e), g in d.groupby(["model", "eps"], sort=True):
-            top = float(np.nanmax(g["js_hi"].to_numpy(float))) if np.isfinite(g["js_hi"]).any() else 0.0
-            ax.annotate(f"n={int(g['n'].iloc[0])}", (float(e) * 255, top), textcoords="offset points",
-                        xytext=(0, 5), ha="center", fontsize=6.5, color=palette[m])
-        for (m, lev), g in d.groupby(["model", "level"], sort=True):
-            g = g.sort_values("eps")
-            x = g["eps"].to_numpy() * 255
-            ls = LINESTYLES[int(lev) % len(LINESTYLES)] if len(x) >= 3 else "none"
-            ax.plot(
-                x,
-                g["js_mean"],
-                ls=ls,
-                marker=MARKERS[int(lev) % len(MARKERS)],
-                ms=4,
-                color=palette[m],
-                label=f"{m} L{lev}",
-            )
-            if len(x) >= 3:
-                ax.fill_between(x, g["js_lo"], g["js_hi"], color=palette[m], alpha=0.15, lw=0)
-            else:  # points: the interval as bars
-                mean = g["js_mean"].to_numpy(float)
-                err = np.abs(np.vstack([g["js_lo"].to_numpy(float), g["js_hi"].to_numpy(float)]) - mean)
-                ax.errorbar(x, mean, yerr=err, ls="none", capsize=3, color=palette[m], alpha=0.6)
-        ax.set_xlim(-0.03 * max(float(d["eps"].max()) * 255, 1), max(float(d["eps"].max()) * 255, 1) * 1.06)
-        ax.set_title(f"JS divergence, {attack}", pad=12)
-        ax.set_xlabel("eps (x/255)")
-        ax.set_ylabel("JS divergence (bits)")
-        ax.set_ylim(bottom=0, top=ax.get_ylim()[1] * 1.12)  # room for the n labels
-        ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
-        if has_box:
-            ax2 = fig.add_subplot(gs[1, c])
-            for (m, lev), g in d.groupby(["model", "level"], sort=True):
-                g = g.sort_values("eps")
-                if not np.isfinite(g["box_adv_mean"]).any():
-                    continue
-                x = g["eps"].to_numpy() * 255
-                mk = MARKERS[int(lev) % len(MARKERS)]
-                ax2.plot(
-                    x,
-                    100 * g["box_adv_mean"],
-                    ls="-",
-                    marker=mk,
-                    ms=4,
-                    color=palette[m],
-                    label=f"{m} L{lev} adversarial",
-                )
-                ax2.fill_between(
-                    x, 100 * g["box_adv_lo"], 100 * g["box_adv_hi"], color=palette[m], alpha=0.12, lw=0
-                )
-                ax2.plot(
-                    x,
-                    100 * g["box_clean_mean"],
-                    ls=":",
-                    marker=mk,
-                    ms=4,
-                    mfc="white",
-                    color=palette[m],
-                    alpha=0.8,
-                    label=f"{m} L{lev} clean",
-                )
-            ax2.set_title(f"box mass, {attack}")
-            ax2.set_xlabel("eps (x/255)")
-            ax2.set_ylabel("mass inside box (%)")
-    _drift_legend(fig, tab, palette, has_box)
-    return fig
-
-
-def _drift_legend(fig: Figure, tab: pd.DataFrame, palette: dict[str, Any], has_box: bool) -> None:
-    """One legend for the page, right of the panels: colour = model, marker/line = level, solid/dotted."""
-    from matplotlib.lines import Line2D
-
-    handles = [Line2D([], [], color=palette[m], lw=2.5, label=m) for m in sorted(set(tab["model"]))]
-    for lev in sorted(set(int(v) for v in tab["level"])):
-        handles.append(
-            Line2D(
-                [],
-                [],
-                color="0.35",
-                ls=LINESTYLES[lev % len(LINESTYLES)],
-                marker=MARKERS[lev % len(MARKERS)],
-                ms=5,
-                label=f"level L{lev}",
-            )
-        )
-    if has_box:
-        handles.append(Line2D([], [], color="0.35", ls="-", marker="o", ms=5, label="box mass: adversarial"))
-        handles.append(
-            Line2D([], [], color="0.35", ls=":", marker="o", mfc="white", ms=5, label="box mass: clean")
-        )
-    fig.legend(
-        handles=handles,
-        loc="upper left",
-        bbox_to_anchor=(0.815, 0.83),
-        fontsize=8.5,
-        frameon=True,
-        title="legend",
-        title_fontsize=9,
-    )

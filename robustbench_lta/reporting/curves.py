@@ -1,13 +1,13 @@
-"""Robustness curves (robust accuracy vs eps, one panel per bounded attack and per-norm worst case)
-and the per-class robust-accuracy heatmap.
+"""Robustness curves: robust accuracy vs eps, one panel per bounded attack and per-norm worst case.
 
 Curves plot eps in pixel units (eps * 255) with 95% Wilson bands from each cell's n and robust
-accuracy; the legend gives each model's budget range and, for three or more budgets, the area under
-the curve normalised by that range (the mean robust accuracy over it: areas over different ranges
-do not compare). An attack with fewer than three budgets is drawn as points with interval bars, not
-joined by a line. ``kind="conditional"`` plots robust accuracy among clean-correct images
-(robust / clean: separates robustness from accuracy). Unbounded attacks (eps = inf) have no curve;
-the tables report their median perturbation norm instead.
+accuracy; the legend (below each panel, where it covers no point) gives each model's budget range
+and, for three or more budgets, the area under the curve normalised by that range (the mean robust
+accuracy over it: areas over different ranges do not compare). Attacks run at one or two budgets
+(AutoAttack, Square) are points, not curves: they share one panel per norm, marker = attack,
+colour = model. ``kind="conditional"`` plots robust accuracy among clean-correct images (robust /
+clean: separates robustness from accuracy). Unbounded attacks (eps = inf) have no curve; the tables
+report their median perturbation norm instead. The per-class view is in per_class.py.
 """
 
 from __future__ import annotations
@@ -21,38 +21,50 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ..results import CASCADE_SUFFIX
+from .curve_points import MIN_LINE_POINTS, conditional, few_panel, legend_below, values
 from .load import (
-    EPS_TOL,
     NORM_NAMES,
     WORST_CASE,
     ResultsBundle,
-    eps_grid,
     eps_label,
-    headline_eps,
     norm_attacks,
-    wilson,
-    worst_case_per_sample,
 )
 from .pages import new_page
 
 PANELS_PER_PAGE = 6
-MIN_LINE_POINTS = 3  # fewer budgets: points, no line and no area under the curve
 
 
 def curve_panels(bundle: ResultsBundle) -> list[tuple[str, str, pd.DataFrame]]:
-    """(attack, norm, rows) for every bounded attack, then the worst case per norm."""
+    """(attack, norm, rows) for every bounded attack, then the worst case per norm.
+
+    Under cascade accounting an attack's rows are ``<attack> (cascade)`` where it skipped samples an
+    earlier attack broke, and keep the attack's name where it skipped none (eps 0, typically): there
+    the two figures are the same number, so both kinds of row form one curve, named as the cascade.
+    """
     s = bundle.summary
     bounded = s[np.isfinite(s["eps"].astype(float))]
     panels = []
-    key = bounded[bounded["attack"] != WORST_CASE][["attack", "norm"]].drop_duplicates()
-    for attack, norm in sorted(key.itertuples(index=False), key=lambda t: (str(t[1]), str(t[0]))):
-        panels.append(
-            (str(attack), str(norm), bounded[(bounded["attack"] == attack) & (bounded["norm"] == norm)])
-        )
+    per = bounded[bounded["attack"] != WORST_CASE]
+    base = per["attack"].astype(str).str.removesuffix(CASCADE_SUFFIX)
+    keys = set(zip(base, per["norm"].astype(str), strict=True))
+    for name, norm in sorted(keys, key=lambda t: (t[1], t[0])):
+        rows = per[(base == name) & (per["norm"] == norm)]
+        cascade = (rows["attack"].astype(str) != name).any()
+        label = name + CASCADE_SUFFIX if cascade else name
+        panels.append((label, norm, rows.assign(attack=label)))
     wc = bounded[bounded["attack"] == WORST_CASE]
     for norm in sorted(set(wc["norm"].astype(str))):
         panels.append((WORST_CASE, norm, wc[wc["norm"] == norm]))
     return panels
+
+
+def few_budgets(df: pd.DataFrame) -> bool:
+    """Whether an attack ran at fewer than :data:`MIN_LINE_POINTS` budgets for every model.
+
+    Such an attack (AutoAttack or Square at one or two budgets) is a few points, not a curve: it
+    shares one panel with the others like it instead of taking a whole panel.
+    """
+    return bool(df.groupby("model")["eps"].nunique().max() < MIN_LINE_POINTS) if len(df) else False
 
 
 def normalised_auc(x: np.ndarray, y: np.ndarray) -> float:
@@ -89,18 +101,11 @@ def curves_table(bundle: ResultsBundle) -> pd.DataFrame:
                         round(100 * normalised_auc(x, d["robust_acc"].to_numpy()), 2) if enough else np.nan
                     ),
                     "auc_mean_conditional_%": (
-                        round(100 * normalised_auc(x, _conditional(d)), 2) if enough else np.nan
+                        round(100 * normalised_auc(x, conditional(d)), 2) if enough else np.nan
                     ),
                 }
             )
     return pd.DataFrame(rows)
-
-
-def _conditional(d: pd.DataFrame) -> np.ndarray:
-    """Robust accuracy among clean-correct samples per row: robust / clean (same n), NaN if none correct."""
-    clean = d["clean_acc"].to_numpy(float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(clean > 0, d["robust_acc"].to_numpy(float) / clean, np.nan)
 
 
 def _range(x: np.ndarray) -> str:
@@ -171,16 +176,7 @@ def _panel(
         d = d[(d["status"] == "ok") & np.isfinite(d["robust_acc"].astype(float))]
         if d.empty:
             continue
-        x = d["eps"].to_numpy(float) * 255
-        n = d["n"].to_numpy(float)
-        if kind == "conditional":
-            y = _conditional(d)
-            n = np.round(d["clean_acc"].to_numpy(float) * n)  # the clean-correct samples
-        else:
-            y = d["robust_acc"].to_numpy(float)
-        band = np.array(
-            [wilson(a * k, k) if np.isfinite(a) else (np.nan, np.nan) for a, k in zip(y, n, strict=True)]
-        )
+        x, y, band = values(d, kind)
         colour = palette[m]
         who = m if attack != WORST_CASE or len(set(over.values())) <= 1 else f"{m} (over {over[m]})"
         partial = incomplete_budgets(bundle.summary, m, norm) if attack == WORST_CASE else {}
@@ -208,7 +204,7 @@ def _panel(
     title = (
         "\n".join(
             textwrap.wrap(
-                f"worst case, {NORM_NAMES.get(norm, norm)} (over {shared})", 48, break_on_hyphens=False
+                f"worst case, {NORM_NAMES.get(norm, norm)} (over {shared})", 40, break_on_hyphens=False
             )
         )
         if attack == WORST_CASE
@@ -223,7 +219,7 @@ def _panel(
     if len(xs):  # a single eps must not give a +-0.05 axis; always show from 0
         ax.set_xlim(min(0.0, xs.min()) - 0.03 * max(xs.max(), 1), max(xs.max(), 1.0) * 1.03 + 0.1)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="best", frameon=True, framealpha=0.85)
+        legend_below(ax)
     else:
         ax.text(0.5, 0.5, "no finished cell", ha="center", va="center", transform=ax.transAxes, color="0.4")
     if notes:
@@ -242,18 +238,39 @@ def _panel(
         )
 
 
+def page_panels(bundle: ResultsBundle) -> list[tuple[str, str, Any]]:
+    """What the curve pages draw, in order: one panel per attack with enough budgets for a curve, one
+    shared panel per norm for the attacks with one or two (``("few", norm, items)``), the worst cases."""
+    panels = curve_panels(bundle)
+    few: dict[str, list[tuple[str, str, pd.DataFrame]]] = {}
+    out: list[tuple[str, str, Any]] = []
+    for attack, norm, df in panels:
+        if attack != WORST_CASE and few_budgets(df):
+            few.setdefault(norm, []).append((attack, norm, df))
+        elif attack != WORST_CASE:
+            out.append((attack, norm, df))
+    out += [("few", norm, items) for norm, items in sorted(few.items())]
+    return out + [(a, n, df) for a, n, df in panels if a == WORST_CASE]
+
+
 def robustness_curve_pages(
     bundle: ResultsBundle, palette: dict[str, Any], title: str, kind: str = "robust"
 ) -> list[Figure]:
     """Figure pages with up to six panels each; ``kind``: robust, conditional or both (robust first)."""
-    panels = curve_panels(bundle)
+    panels = page_panels(bundle)
     if not panels:
         return []
     kinds = ["robust", "conditional"] if kind == "both" else [kind]
+    s = bundle.summary
+    finite = s["eps"].astype(float)
+    x_max = {n: float(finite[(s["norm"] == n) & np.isfinite(finite)].max()) * 255 for n in set(s["norm"])}
     figs = []
-    pages = [(kd, k) for kd in kinds for k in range(0, len(panels), PANELS_PER_PAGE)]
+    # a legend line per model under each panel: past three models two rows of panels and their legends
+    # do not fit one page, so such pages hold one row
+    per_page = PANELS_PER_PAGE if len(bundle.models) <= 3 else 3
+    pages = [(kd, k) for kd in kinds for k in range(0, len(panels), per_page)]
     for page_no, (kd, k) in enumerate(pages):
-        chunk = panels[k : k + PANELS_PER_PAGE]
+        chunk = panels[k : k + per_page]
         suffix = f" ({page_no + 1}/{len(pages)})" if len(pages) > 1 else ""
         what = (
             "Robust accuracy among clean-correct images (robust / clean; separates robustness from accuracy)"
@@ -263,146 +280,21 @@ def robustness_curve_pages(
         fig = new_page(
             f"{title}{suffix}",
             f"{what} vs eps (pixel units); shaded or bars: 95% Wilson interval; AUC = mean over the "
-            "eps range in the legend (trapezoid; only for >= 3 budgets, fewer are drawn as points). "
-            "Unbounded attacks: see Tables.",
+            "eps range in the legend (trapezoid; only for >= 3 budgets). Attacks run at one or two budgets "
+            "share one panel. Unbounded attacks: see Tables.",
         )
         ncols = 3 if len(chunk) in (3, 5, 6) else 2 if len(chunk) > 1 else 1
         nrows = math.ceil(len(chunk) / ncols)
         # one row: keep the panels' aspect near 4:3 instead of stretching them over the whole page
-        bottom = 0.08 if nrows > 1 else max(0.08, 0.82 - (0.92 / ncols) * 11.69 / 8.27 * 0.75)
+        bottom = 0.17 if nrows > 1 else max(0.17, 0.82 - (0.92 / ncols) * 11.69 / 8.27 * 0.75)
         gs = fig.add_gridspec(
-            nrows, ncols, left=0.06, right=0.98, top=0.82, bottom=bottom, hspace=0.38, wspace=0.22
+            nrows, ncols, left=0.06, right=0.98, top=0.82, bottom=bottom, hspace=0.78, wspace=0.22
         )
         for i, (attack, norm, df) in enumerate(chunk):
             ax = fig.add_subplot(gs[i // ncols, i % ncols])
-            _panel(ax, attack, norm, df, bundle, palette, kd)
+            if attack == "few":
+                few_panel(ax, df, bundle, palette, kd, x_max.get(norm, 8.0))
+            else:
+                _panel(ax, attack, norm, df, bundle, palette, kd)
         figs.append(fig)
     return figs
-
-
-def main_attack(bundle: ResultsBundle) -> tuple[str, str, float] | None:
-    """(attack, norm, eps) for the per-class view: worst-case linf if present, else the first bounded one."""
-    s = bundle.summary
-    wc = s[(s["attack"] == WORST_CASE) & (s["norm"] == "linf")]
-    if not wc.empty or norm_attacks(s, "linf"):
-        attack, norm = WORST_CASE, "linf"
-    else:
-        panels = [(a, n) for a, n, _ in curve_panels(bundle) if a != WORST_CASE]
-        if not panels:
-            return None
-        attack, norm = panels[0]
-    grid = eps_grid(s[s["norm"] == norm] if attack == WORST_CASE else s[s["attack"] == attack], norm)
-    eps = headline_eps(grid, norm)
-    return None if eps is None else (attack, norm, eps)
-
-
-def per_class_accuracy(
-    bundle: ResultsBundle, eps: float | None = None
-) -> tuple[pd.DataFrame, dict[str, Any]] | None:
-    """Robust accuracy per model (rows) and class (columns) for :func:`main_attack`, from samples.parquet.
-
-    ``eps`` overrides the main attack's headline eps (it must be on the attack's grid).
-    """
-    if bundle.samples is None:
-        return None
-    choice = main_attack(bundle)
-    if choice is None:
-        return None
-    attack, norm, eps = choice if eps is None else (choice[0], choice[1], eps)
-    s = bundle.summary
-    rows = {}
-    counts = {}
-    for m in bundle.models:
-        if attack == WORST_CASE:
-            grid = eps_grid(s[(s["model"] == m)], norm)
-            per = worst_case_per_sample(s, bundle.samples, m, norm, grid)
-            if per is None or not any(abs(e - eps) <= EPS_TOL for e in grid):
-                continue
-            col = next(e for e in grid if abs(e - eps) <= EPS_TOL)
-            robust, labels = per[col].astype(float), per["label"]
-        else:
-            cell = s[(s["model"] == m) & (s["attack"] == attack) & ((s["eps"] - eps).abs() <= EPS_TOL)]
-            if cell.empty or cell["status"].iloc[0] != "ok":
-                continue
-            sm = bundle.samples[
-                (bundle.samples["model"] == m)
-                & (bundle.samples["attack"] == attack)
-                & ((bundle.samples["eps"] - eps).abs() <= EPS_TOL)
-            ]
-            if sm.empty:
-                continue
-            robust = ((sm["clean_pred"] == sm["label"]) & ~sm["broken"].astype(bool)).astype(float)
-            labels = sm["label"]
-        g = pd.DataFrame({"label": labels.to_numpy(), "robust": robust.to_numpy()}).groupby("label")["robust"]
-        rows[m] = g.mean()
-        counts[m] = g.size()
-    if not rows:
-        return None
-    table = pd.DataFrame(rows).T.sort_index(axis=1)
-    names = bundle.classes
-    table.columns = [names[int(c)] if names and 0 <= int(c) < len(names) else str(c) for c in table.columns]
-    count = pd.DataFrame(counts).T.sort_index(axis=1)
-    return table, {"attack": attack, "norm": norm, "eps": eps, "counts": count}
-
-
-def per_class_views(bundle: ResultsBundle) -> list[tuple[pd.DataFrame, dict[str, Any]]]:
-    """Per-class tables at up to two eps of the main attack: the middle nonzero eps and the headline eps."""
-    choice = main_attack(bundle)
-    if choice is None or bundle.samples is None:
-        return []
-    attack, norm, head = choice
-    s = bundle.summary
-    grid = eps_grid(s[s["norm"] == norm] if attack == WORST_CASE else s[s["attack"] == attack], norm)
-    pos = [e for e in grid if EPS_TOL < e <= head + EPS_TOL]
-    wanted = [pos[(len(pos) - 1) // 2], head] if len(pos) > 1 else [head]
-    views = []
-    for e in dict.fromkeys(wanted):
-        v = per_class_accuracy(bundle, e)
-        if v is not None:
-            views.append(v)
-    return views
-
-
-def per_class_page(views: list[tuple[pd.DataFrame, dict[str, Any]]], title: str) -> Figure:
-    """Annotated heatmaps of per-class robust accuracy (%), one per eps, on one colour scale."""
-    import seaborn as sns
-
-    info = views[0][1]
-    what = (
-        "worst case over " + NORM_NAMES.get(info["norm"], info["norm"]) + " attacks"
-        if info["attack"] == WORST_CASE
-        else info["attack"]
-    )
-    n_per = info["counts"].max(axis=0)
-    fig = new_page(
-        title,
-        f"Robust accuracy (%) per true class under the {what}, at eps "
-        f"{' and '.join(eps_label(v[1]['eps']) for v in views)}; samples per class: "
-        f"{int(n_per.min())}-{int(n_per.max())} (small counts are noisy).",
-    )
-    top = 0.84
-    avail = 0.76 / len(views)
-    for table, vinfo in views:
-        ncls = table.shape[1]
-        rotate = ncls > 12 or max(len(c) for c in table.columns) > 4
-        height = min(avail - (0.13 if rotate else 0.09), 0.09 * len(table) + 0.06)
-        ax = fig.add_axes((0.24, top - height, 0.70, height))
-        sns.heatmap(
-            100 * table,
-            ax=ax,
-            vmin=0,
-            vmax=100,
-            cmap="viridis",
-            annot=ncls <= 30,
-            fmt=".0f",
-            cbar_kws={"label": "robust acc. (%)", "shrink": 0.9},
-            linewidths=0.5,
-            linecolor="white",
-        )
-        ax.set_title(f"eps {eps_label(vinfo['eps'])}", loc="left", fontsize=10, fontweight="bold")
-        ax.set_xlabel("")
-        ax.set_ylabel("")
-        ax.tick_params(axis="x", rotation=90 if rotate else 0)
-        ax.tick_params(axis="y", rotation=0)
-        top -= avail
-    return fig

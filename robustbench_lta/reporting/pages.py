@@ -24,6 +24,9 @@ from matplotlib.figure import Figure  # noqa: E402
 
 PAGE = (11.69, 8.27)  # landscape A4, inches
 PNG_DPI = 130
+#: page 1's body font sizes, tried in turn until the body fits on the page (then it continues)
+BODY_FONTS = (9.5, 9.0, 8.5, 8.0, 7.5)
+MIN_BODY_FONT = BODY_FONTS[-1]
 RC = {
     "pdf.fonttype": 42,  # TrueType: the text stays extractable and searchable
     "ps.fonttype": 42,
@@ -141,6 +144,47 @@ class PageSink:
                 linespacing=1.45,
             )
             self.add(fig, f"{png_name}_{k + 1}" if png_name and len(chunks) > 1 else png_name)
+
+    def summary_page(
+        self,
+        title: str,
+        lead: str,
+        text: str,
+        *,
+        subtitle: str | None = None,
+        png_name: str | None = None,
+    ) -> None:
+        """Page 1: ``lead`` (the bottom line, then n) large in a box at the top, ``text`` below it.
+
+        The body's font shrinks step by step (down to :data:`MIN_BODY_FONT`) before any line moves
+        to a second page: a few lines overflowing onto a page of their own read as a lost page.
+        Headings (lines in capitals) are bold.
+        """
+        fig = new_page(title, subtitle)
+        top = 0.865 if subtitle else 0.9
+        first, *rest = lead.split("\n", 1)
+        head_lines = wrap_lines(first, 110)
+        rest_lines = wrap_lines(rest[0], 140) if rest else []
+        fig.text(0.04, top, "\n".join(head_lines), fontsize=12.5, fontweight="bold", va="top", ha="left",
+                 linespacing=1.35, bbox={"boxstyle": "round,pad=0.55", "fc": "#e8eef6", "ec": "#8ba3bf"})
+        y = top - (len(head_lines) * 12.5 * 1.35 + 14) / 72 / PAGE[1]
+        if rest_lines:
+            fig.text(0.04, y, "\n".join(rest_lines), fontsize=10.5, va="top", ha="left", linespacing=1.35)
+            y -= (len(rest_lines) * 10.5 * 1.35 + 8) / 72 / PAGE[1]
+        avail = y - 0.025
+        for fs in BODY_FONTS:
+            lines = wrap_lines(text, int(140 * 9.5 / fs))
+            step = fs * 1.36 / 72 / PAGE[1]
+            if len(lines) * step <= avail:
+                break
+        fit = int(avail / step)
+        for i, line in enumerate(lines[:fit]):
+            heading = line.strip() == line and line.isupper() and len(line) < 40
+            fig.text(0.04, y - i * step, line, fontsize=fs, va="top", ha="left",
+                     fontweight="bold" if heading else None)
+        self.add(fig, png_name)
+        if lines[fit:]:  # too long even at the smallest font: the rest continues, never cut
+            self.text_pages(f"{title} (continued)", "\n".join(lines[fit:]), width=10_000, fontsize=fs)
 
     def table_pages(
         self,

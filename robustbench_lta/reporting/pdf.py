@@ -9,7 +9,6 @@ they would have appeared and collected in :attr:`ReportResult.warnings`.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -23,21 +22,20 @@ import pandas as pd
 import yaml
 
 from ..errors import UserError
-from ..training.selection import selection_summary
 from ..utils import apply_umask
-from .attention_figures import drift_table
-from .compute import compute_lines, compute_warning
-from .curves import curves_table, per_class_page, per_class_views, robustness_curve_pages
+from .attention_drift import drift_table
+from .curves import curves_table, robustness_curve_pages
 from .family import family_section
-from .load import WORST_CASE, ResultsBundle, eps_label, load_results, model_palette
+from .load import ResultsBundle, eps_label, load_results, model_palette
 from .pages import PageSink, report_style
-from .protocol import model_cards, selection_notes, strong_attack_config
+from .per_class import per_class_page, per_class_views
+from .protocol import model_cards, strong_attack_config
 from .published import published_section
 from .sections import SECTIONS, _title, attention_section, sanity_section, table_section
+from .summary import summary_lead, summary_text
 from .tables import all_tables, sanity_table, write_table
-from .threat import budget_warnings, threat_summary
+from .threat import budget_warnings
 from .verdict import compute_verdict
-from .verdict_text import verdict_text
 
 CURVE_KINDS = ("robust", "conditional", "both")
 
@@ -54,91 +52,6 @@ class ReportResult:
     verdict: dict[str, Any] = field(default_factory=dict)
     family_intervals: pd.DataFrame | None = None  # the seed-family page's table (None without families)
     pages: int = 0
-
-
-def _attack_lines(bundle: ResultsBundle) -> list[str]:
-    """One line per attack: norm, kind, parameters and eps list in /255 (from the manifests)."""
-    lines: dict[str, str] = {}
-    for man in bundle.manifests.values():
-        for name, a in (man.get("attacks") or {}).items():
-            eps = a.get("eps") or []
-            bounded = a.get("bounded", True)
-            eps_txt = (
-                "unbounded (minimal perturbation)"
-                if not bounded
-                else "eps " + ", ".join(eps_label(float(e)) for e in eps)
-            )
-            params = ", ".join(f"{k}={v}" for k, v in (a.get("params") or {}).items())
-            lines.setdefault(
-                name,
-                f"  {name}: {a.get('norm', '?')}, {a.get('kind', '?')}"
-                f"{' (' + params + ')' if params else ''}; {eps_txt}",
-            )
-    s = bundle.summary
-    for (attack, norm), d in s[s["attack"] != WORST_CASE].groupby(["attack", "norm"]):
-        if attack not in lines:
-            eps = sorted(set(d["eps"].astype(float)))
-            eps_txt = (
-                "unbounded"
-                if all(math.isinf(e) for e in eps)
-                else "eps " + ", ".join(eps_label(e) for e in eps)
-            )
-            lines[attack] = f"  {attack}: {norm}; {eps_txt} (from summary.parquet; no manifest)"
-    return [lines[k] for k in sorted(lines)]
-
-
-def _summary_text(
-    bundle: ResultsBundle, verdict: dict[str, Any], warnings: list[str], threat_notes: list[str] | None = None
-) -> str:
-    s = bundle.summary
-    cards = model_cards(bundle.manifests, bundle.model_folder)
-    compute = compute_warning(bundle)  # compared models differing > 2x in compute
-    caveats = (
-        verdict.get("caveats", [])
-        + selection_notes(cards)
-        + list(threat_notes or [])  # evaluated beyond the training threat model: low accuracy expected
-        + ([compute] if compute else [])
-    )
-    parts: list[str] = ["READ FIRST", *[f"  - {c}" for c in caveats], ""] if caveats else []
-    parts += ["VERDICT", verdict_text(verdict, caveats=False), "", "WHAT WAS COMPARED"]
-    for m in bundle.models:
-        d = s[s["model"] == m]
-        att = "attention model" if bundle.has_attention.get(m) else "no attention"
-        man = bundle.manifests.get(bundle.model_folder.get(m, ""), {})
-        info = (man.get("models") or {}).get(m.split(" [")[0]) or {}
-        src = f", from {info['source']}" if info.get("source") else ""
-        sel = f"; {selection_summary(cards[m])}; {threat_summary(cards[m])}" if m in cards else ""
-        parts.append(
-            f"  {m}: {att}; {len(d)} result rows; folder {bundle.model_folder.get(m, '?')}{src}{sel}"
-        )
-    parts.extend(compute_lines(bundle))
-    parts.append("Attacks:")
-    parts.extend(_attack_lines(bundle))
-    for label, man in bundle.manifests.items():
-        ds = man.get("dataset") or {}
-        versions = man.get("versions") or {}
-        vtxt = ", ".join(
-            f"{k} {versions[k]}"
-            for k in ("robustbench-lta", "torch", "torchattacks", "foolbox", "python")
-            if k in versions
-        )
-        cfg = man.get("config") or {}
-        parts.append(
-            f"Run '{label}': dataset {ds.get('name', ', '.join(bundle.datasets))}, n = "
-            f"{ds.get('n', int(s['n'].max()) if len(s) else 0)} samples; device {man.get('device', '?')}; "
-            f"seed {man.get('seed', '?')}; accounting {cfg.get('accounting', '?')}; "
-            f"started {man.get('started', '?')}, finished {man.get('finished', '?')}; "
-            f"git commit {str(man.get('git_commit') or 'unknown')[:12]}; versions: {vtxt or 'unknown'}."
-        )
-    counts_bad = s[s["status"] != "ok"]
-    if len(counts_bad):
-        parts.append(
-            f"{len(counts_bad)} of {len(s)} result rows did not finish (failed/invalid); "
-            "they are listed in the Tables section and left out of curves and the verdict."
-        )
-    if warnings:
-        parts += ["", "WHAT IS MISSING OR INCOMPLETE"] + [f"  - {w}" for w in warnings]
-    return "\n".join(parts)
 
 
 def _version() -> str:
@@ -314,13 +227,12 @@ def _render(
         pre = _precompute(bundle, warnings)
         threat_notes = budget_warnings(model_cards(bundle.manifests, bundle.model_folder), bundle.summary)
         section(0)
-        sink.text_pages(
+        sink.summary_page(
             f"{_title(0)}: {doc_title}",
-            _summary_text(bundle, verdict, warnings, threat_notes),
+            summary_lead(verdict),
+            summary_text(bundle, verdict, warnings, threat_notes),
             subtitle=f"Generated {datetime.now().astimezone():%Y-%m-%d %H:%M %Z} by robustbench-lta "
             f"{_version()} from {', '.join(str(f) for f in bundle.folders)}",
-            width=140,
-            fontsize=9.5,
         )
 
         # 2. Robustness curves
@@ -344,7 +256,7 @@ def _render(
         for name, (num, _txt, _caption) in pre["tables"].items():
             result.tables += write_table(num, files, name)
         result.tables += write_table(pre["auc"], files, "curve_auc")
-        table_section(sink, pre, bundle)
+        table_section(sink, pre, bundle, f"{out_pdf.stem}_files")
         result.tables += published_section(sink, bundle, files)  # zoo models: published vs measured
 
         # 4. Attention under attack

@@ -3,7 +3,8 @@
 - :func:`comparability_problems`: results folders that used different data or different samples
   cannot be compared (``report`` refuses them unless ``--force``).
 - :func:`attack_strength` / :func:`strength_at`: is the worst case backed by a strong attack
-  (AutoAttack, or PGD/APGD with at least :data:`STRONG_STEPS` steps)? Without one, robust accuracy is
+  (AutoAttack, or PGD/APGD with at least
+  :data:`~robustbench_lta.plugins.strength.STRONG_STEPS` steps)? Without one, robust accuracy is
   only an upper bound from weak attacks, and page 1 says so.
 - :func:`strong_attack_config`: the sweep config that adds AutoAttack at the headline budget to the
   same results folder (resuming reuses every finished cell and folds the new attack into the
@@ -19,10 +20,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..plugins.strength import attack_strength, family_rank
 from ..results import CASCADE_SUFFIX, EPS_TOL, WORST_CASE
 from ..training.selection import selection_note
 
-STRONG_STEPS = 50
 STRONG_ATTACK = "autoattack"  # what the report tells users to add
 
 
@@ -82,35 +83,8 @@ def comparability_problems(parts: list[dict[str, Any]]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ strength
-def _steps(name: str, params: dict[str, Any]) -> int | None:
-    """The attack's step count: its own parameter, else its class default (None if it has none)."""
-    for key in ("steps", "max_iter", "nb_iter", "n_iter"):
-        if key in params:
-            try:
-                return int(params[key])
-            except (TypeError, ValueError):
-                return None
-    try:
-        from ..plugins.registry import get_attack_class
-
-        defaults = getattr(get_attack_class(name, params), "defaults", None) or {}
-    except Exception:  # an attack this installation does not know: strength unknown, treated as weak
-        return None
-    value = defaults.get("steps")
-    return int(value) if isinstance(value, int | float) else None
-
-
-def attack_strength(name: str, params: dict[str, Any] | None = None) -> str | None:
-    """Why ``name`` counts as a strong attack ("AutoAttack", "apgd-ce, 100 steps"), or None if weak."""
-    params = dict(params or {})
-    low = name.lower()
-    if "autoattack" in low:
-        return "AutoAttack"
-    if "pgd" in low:  # PGD and APGD (pgd-linf, apgd-ce, ta:PGD, ta:APGD, fb:LinfPGD, ...)
-        steps = _steps(name, params)
-        if steps is not None and steps >= STRONG_STEPS:
-            return f"{name}, {steps} steps"
-    return None
+# what makes an attack strong, and the family ranking, live in the plugins layer: the engine picks the
+# attention figure's attack by the same ranking (one definition for both)
 
 
 def attack_specs(manifest: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
@@ -122,16 +96,10 @@ def attack_specs(manifest: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any
     return out
 
 
-#: single-step attacks and noise: on a tie they are never named the strongest
-_ONE_STEP = ("fgsm", "fgm", "noise", "gaussian")
-
-
-def _family_rank(label: str, strong: dict[str, str], specs: dict[str, tuple[str, dict[str, Any]]]) -> int:
-    """Tie-break for "strongest": a strong attack, then any multi-step one, then single-step ones."""
-    if label in strong:
-        return 0
-    name = specs.get(label, (label, {}))[0].lower()
-    return 2 if any(k in name for k in _ONE_STEP) and "pgd" not in name else 1
+def _spec(label: str, specs: dict[str, tuple[str, dict[str, Any]]]) -> tuple[str, dict[str, Any]]:
+    """A label's (name, params); a cascade row ("pgd-linf (cascade)") is the cascade up to that attack,
+    so its spec is the attack's."""
+    return specs.get(label) or specs.get(label.removesuffix(CASCADE_SUFFIX), (label, {}))
 
 
 def strength_at(
@@ -151,14 +119,13 @@ def strength_at(
     attacks = sorted(set(rows["attack"].astype(str)))
     strong = {}
     for a in attacks:
-        # a cascade row ("pgd-linf (cascade)") is the cascade up to that attack: its spec is the attack's
-        name, params = specs.get(a) or specs.get(a.removesuffix(CASCADE_SUFFIX), (a, {}))
-        why = attack_strength(name, params)
+        why = attack_strength(*_spec(a, specs))
         if why:
             strong[a] = why
     best = None
     if len(rows):
-        r = rows.assign(_s=[_family_rank(str(a), strong, specs) for a in rows["attack"]])
+        # ties in robust accuracy: the stronger family is named (strong, multi-step, single-step)
+        r = rows.assign(_s=[family_rank(*_spec(str(a), specs)) for a in rows["attack"]])
         r = r.sort_values(["robust_acc", "_s", "attack"], kind="stable")
         best = (str(r["attack"].iloc[0]), float(r["robust_acc"].iloc[0]))
     return {"attacks": attacks, "strong": strong, "strongest": best}
@@ -198,9 +165,10 @@ def model_cards(manifests: dict[str, dict[str, Any]], model_folder: dict[str, st
 
 def selection_notes(cards: dict[str, Any], evaluated_split: str = "test") -> list[str]:
     """One sentence per model whose checkpoint may have been chosen on the evaluated split."""
-    notes = []
+    by_text: dict[str, list[str]] = {}  # the same sentence for several models: said once, naming them all
     for label, card in sorted(cards.items()):
         note = selection_note(card, label, evaluated_split)
         if note:
-            notes.append(note)
-    return notes
+            rest = note.removeprefix(f"{label}: ")
+            by_text.setdefault(rest if rest != note else note, []).append(label if rest != note else "")
+    return [f"{', '.join(labels)}: {text}" if all(labels) else text for text, labels in by_text.items()]

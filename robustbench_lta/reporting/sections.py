@@ -8,10 +8,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .attention_figures import drift_page, map_grid_page
+from .attention_drift import drift_page
+from .attention_figures import figure_choice, map_grid_page
 from .load import WORST_CASE, ResultsBundle
 from .pages import PageSink
-from .tables import SANITY_EXPLAIN, STATUS_COLOURS, write_table
+from .tables import OFF_PAPER, SANITY_EXPLAIN, STATUS_COLOURS, write_table
 
 SECTIONS = [
     "Summary",
@@ -27,29 +28,33 @@ def _title(i: int) -> str:
     return f"{i + 1}. {SECTIONS[i]}"
 
 
-def table_section(sink: PageSink, pre: dict[str, Any], bundle: ResultsBundle) -> None:
-    """All tables, packed onto as few pages as fit; FAILED/INVALID cells in red, worst-case rows shaded."""
+def pct_text(v: float) -> str:
+    """A percentage as every table on paper prints it: one decimal (the CSV keeps full precision)."""
+    return "" if not np.isfinite(v) else f"{v:.1f}"
+
+
+def table_section(
+    sink: PageSink, pre: dict[str, Any], bundle: ResultsBundle, files: str = "the files folder"
+) -> None:
+    """The tables on paper, packed onto as few pages as fit; FAILED/INVALID cells in red, worst-case rows
+    shaded. The tables in :data:`~.tables.OFF_PAPER` are only named, with their files (in ``files``,
+    the folder beside the PDF)."""
     empty_note = {
         "unbounded_attacks": "No unbounded (minimal-perturbation) attack in these results.",
         "cells_not_ok": "Every cell finished ok.",
     }
     items: list[tuple[str, pd.DataFrame, pd.DataFrame | None]] = []
-    tables = dict(pre["tables"])
-    tables["curve_auc"] = (
-        pre["auc"],
-        None,
-        "Area under the robustness curves: mean robust accuracy (%) over each curve's eps range "
-        "(trapezoid / range), and the same among clean-correct images; empty for curves with fewer than "
-        "3 budgets. Areas over different eps ranges do not compare.",
-    )
-    for name, (num, txt, caption) in tables.items():
+    for name, (num, txt, caption) in pre["tables"].items():
+        if name in OFF_PAPER:
+            continue
         shown = (txt if txt is not None else num).copy()
         if shown.empty:
             items.append((f"{caption} {empty_note.get(name, 'No rows.')}", shown, None))
             continue
         for c in shown.columns:
-            if shown[c].dtype.kind == "f":
-                shown[c] = shown[c].map(lambda v: "" if not np.isfinite(v) else f"{v:.4g}")
+            if shown[c].dtype.kind == "f":  # percentages: one decimal everywhere; other numbers 4 digits
+                shown[c] = shown[c].map(pct_text if str(c).endswith("%") else
+                                        lambda v: "" if not np.isfinite(v) else f"{v:.4g}")
         shown = shown.astype(str)
         colours = pd.DataFrame("white", index=shown.index, columns=shown.columns)
         colours = colours.where(~shown.isin(["FAILED", "INVALID", "failed", "invalid"]), "#ffcdd2")
@@ -58,12 +63,13 @@ def table_section(sink: PageSink, pre: dict[str, Any], bundle: ResultsBundle) ->
                 "#e8eaf6"
             )
         items.append((caption, shown, colours))
+    off = "; ".join(f"{what} ({name}.csv)" for name, what in OFF_PAPER.items())
     sink.table_stack(
         _title(2),
         items,
         wrap={"message": 90},
-        note="Numbers in %, eps in /255. CSV and Markdown versions (full precision, "
-        "95% intervals) are written beside the PDF.",
+        note=f"Numbers in % with one decimal, eps in /255. Every table is also written as CSV (full "
+        f"precision, 95% intervals) and Markdown into {files}/ beside the PDF. Only there: {off}.",
     )
 
 
@@ -86,7 +92,8 @@ def attention_section(
             continue
         try:
             title = _title(3) if first else f"{_title(3)} (continued): maps of {m}"
-            fig = map_grid_page(m, path, bundle.classes, title)
+            manifest = bundle.manifests.get(bundle.model_folder.get(m, ""), {})
+            fig = map_grid_page(m, path, bundle.classes, title, figure_choice(manifest))
         except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
             result.warnings.append(f"attention maps of {m} could not be drawn: {exc}")
             continue

@@ -1,6 +1,8 @@
 """The report's tables: clean accuracy, robust accuracy / attack success / seconds per attack x eps,
 unbounded attacks' perturbation norms, cells that did not finish, and the sanity checks.
 
+All are written as CSV and Markdown; the PDF prints all but :data:`OFF_PAPER` and says where those are.
+
 Each table is a DataFrame (numbers as percentages where the column says so) written as CSV (full
 precision) and Markdown beside the PDF, and rendered as table pages in it. Cells that failed or
 were invalid show their status instead of a number, and their messages are listed in full.
@@ -54,6 +56,14 @@ SANITY_EXPLAIN = {
     ),
 }
 STATUS_COLOURS = {"pass": "#c8e6c9", "warn": "#ffe0b2", "fail": "#ffcdd2"}
+#: tables written beside the PDF (CSV, Markdown) but not printed in it, and what each holds: on paper
+#: they repeated another table (attack success = 100 minus robust accuracy among clean-correct
+#: images) or helped little (timings; areas, which the curves' legends give)
+OFF_PAPER = {
+    "attack_success_rate": "attack success rate (100 minus the robust accuracy among clean-correct images)",
+    "seconds_per_cell": "seconds per cell",
+    "curve_auc": "area under each robustness curve (also in the curves' legends)",
+}
 
 
 def _pct(x: float) -> str:

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from ..plugins.strength import STRONG_STEPS
 from .load import EPS_TOL, NORM_NAMES, eps_label
-from .protocol import STRONG_STEPS
 from .unbounded import unbounded_text
 
 
@@ -22,10 +22,6 @@ def _ci(c: dict[str, Any]) -> str:
         f"95% CI {_pp(lo)} to {_pp(hi)} pp ({interval}); {c['test']} p={c['p']:.2g}, "
         f"Holm-adjusted p={c['p_holm']:.2g} over {c.get('family', 1)} tests; n={c['n']}"
     )
-
-
-def _where(c: dict[str, Any]) -> str:
-    return "clean" if c.get("eps") is None else eps_label(c["eps"])
 
 
 def _focus(comparisons: list[dict[str, Any]], best: str | None, n_models: int) -> list[dict[str, Any]]:
@@ -77,15 +73,122 @@ def _norm_intro(norm: str, nv: dict[str, Any]) -> str:
     )
     intro += f": robust accuracy at eps {eps_label(head)}: {at_head}"
     intro += f" (among clean-correct images: {among})." if among else "."
-    strongest = []
+    strongest = {}
     for m, st in sorted(nv["strength"].items()):
         if st.get("strongest"):
             a, r = st["strongest"]
-            tag = " (strong)" if a in st.get("strong", {}) else " (weak)"
-            strongest.append(f"{a}{tag} for {m} ({r * 100:.1f}%)")
-    if strongest:
-        intro += f" Strongest attack at {eps_label(head)}: " + "; ".join(strongest) + "."
+            strongest[m] = (f"{a} ({'strong' if a in st.get('strong', {}) else 'weak'})", r)
+    names = {t for t, _r in strongest.values()}
+    if len(names) == 1 and len(strongest) > 1:  # the same attack for every model: named once
+        everyone = "both models" if len(strongest) == 2 else f"all {len(strongest)} models"
+        intro += f" Strongest attack at {eps_label(head)}: {next(iter(names))} for {everyone}."
+    elif strongest:
+        intro += f" Strongest attack at {eps_label(head)}: " + "; ".join(
+            f"{t} for {m} ({r * 100:.1f}%)" for m, (t, r) in strongest.items()) + "."
     return intro
+
+
+def compact_eps(eps: list[float], grid: list[float]) -> str:
+    """Budgets as runs of neighbours on ``grid``: ``"2-8/255"``, ``"1/255, 3-5/255"``."""
+    pos = {round(e, 9): i for i, e in enumerate(grid)}
+    idx = sorted(pos[round(e, 9)] for e in eps if round(e, 9) in pos)
+    runs: list[list[int]] = []
+    for i in idx:
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    out = []
+    for r in runs:
+        lo, hi = eps_label(grid[r[0]]), eps_label(grid[r[-1]])
+        out.append(lo if len(r) == 1 else f"{lo.removesuffix('/255')}-{hi}" if lo.endswith("/255") else
+                   f"{lo}-{hi}")
+    return ", ".join(out)
+
+
+def holm_sentence(clean: list[dict[str, Any]], cs: list[dict[str, Any]]) -> str:
+    """One pair's Holm family summarised: who is higher at how many budgets (compact), then clean."""
+    grid = sorted(c["eps"] for c in cs)
+    family = cs[0].get("family", len(cs) + len(clean))
+    parts = []
+    for winner in sorted({c["better"] for c in cs if c["significant"]}):
+        at = [c["eps"] for c in cs if c["better"] == winner]
+        parts.append(f"{winner} significantly more robust at {len(at)} of {len(grid)} budgets "
+                     f"({compact_eps(at, grid)})")
+    none = [c["eps"] for c in cs if not c["significant"]]
+    if none:
+        parts.append(f"no significant difference at {compact_eps(none, grid)}" if parts
+                     else f"no significant difference at any of the {len(grid)} budgets")
+    if clean:
+        c = clean[0]
+        parts.append(f"clean accuracy: {c['better']} higher" if c["significant"]
+                     else "clean accuracy: no significant difference")
+    what = f"clean accuracy and {len(grid)} budgets" if clean else f"{len(grid)} budgets"
+    return f"Holm correction over this pair's {family} tests ({what}): " + "; ".join(parts) + "."
+
+
+def bottom_line(v: dict[str, Any]) -> str:
+    """The answer in one sentence: which model is more robust at the headline budget, and how sure.
+
+    The same numbers as the verdict below it (worst-case robust accuracy at the headline eps of the
+    L-inf threat model, else of the first norm; Holm-corrected tests); nothing new is computed here.
+    """
+    models = v["models"]
+    if not models:
+        return "Bottom line: no model has results, so nothing can be compared."
+    norm = "linf" if "linf" in v["norms"] else next(iter(v["norms"]), None)
+    nv = v["norms"].get(norm) if norm else None
+    head = nv["headline_eps"] if nv else None
+    at = {m: a[head] for m, a in (nv["robust_acc"] if nv else {}).items() if head is not None and head in a}
+    if not at or head is None or head <= EPS_TOL:
+        clean = ", ".join(f"{m} {_pp(a, False)}%" for m, a in sorted(v["clean"].items()))
+        return f"Bottom line: no bounded attack result to compare (clean accuracy: {clean or 'none'})."
+    where = f"at {eps_label(head)} ({NORM_NAMES.get(norm, norm)}, worst case over the attacks run)"
+    upper = any(w["norm"] == norm for w in v["weak"])
+    lead = "upper bounds only (no strong attack ran): " if upper else ""
+    if len(at) == 1:
+        m, a = next(iter(at.items()))
+        clean = f" (clean {_pp(v['clean'][m], False)}%)" if m in v["clean"] else ""
+        return f"Bottom line: {lead}{m} keeps {_pp(a, False)}% robust accuracy {where}{clean}."
+    best = max(at, key=lambda m: at[m])
+    comps = [c for c in nv["comparisons"]
+             if abs(c["eps"] - head) <= EPS_TOL and best in (c["model_a"], c["model_b"])]
+    if len(at) == 2 and comps:
+        c = comps[0]
+        a, b = c["model_a"], c["model_b"]
+        if c["significant"]:
+            worse = b if c["better"] == a else a
+            text = (f"{c['better']} is more robust than {worse} {where}: {_pp(at[c['better']], False)}% vs "
+                    f"{_pp(at[worse], False)}% robust accuracy ({abs(c['diff']) * 100:.1f} pp apart, "
+                    "significant after Holm correction)")
+        else:
+            text = (f"no significant robustness difference between {a} and {b} {where}: "
+                    f"{_pp(at[a], False)}% vs {_pp(at[b], False)}% (Holm-corrected)")
+        cc = [x for x in v["clean_comparisons"] if (x["model_a"], x["model_b"]) == (a, b)]
+        if cc:
+            text += (f"; clean accuracy: {cc[0]['better']} higher" if cc[0]["significant"]
+                     else "; clean accuracy does not differ significantly")
+    else:
+        wins = sum(1 for c in comps if c["better"] == best)
+        text = (f"{best} is the most robust of {len(at)} models {where} ({_pp(at[best], False)}%), "
+                f"significantly more robust than {wins} of the {len(at) - 1} others (Holm-corrected)")
+    return f"Bottom line: {lead}{text}."
+
+
+def n_sentence(v: dict[str, Any], same_samples: bool) -> str:
+    """How many images each number rests on, said plainly (not only inside parentheses)."""
+    ns = v.get("clean_n") or {}
+    if not ns:
+        return ""
+    values = sorted(set(ns.values()))
+    n_txt = f"n = {values[0]} images per model" if len(values) == 1 else (
+        "n differs between models: " + ", ".join(f"{m} {k}" for m, k in sorted(ns.items())))
+    if len(ns) < 2:
+        return n_txt + "."
+    paired = "the same images for every model: paired comparisons (exact McNemar, bootstrap intervals)"
+    unpaired = "not the same images for every model: unpaired comparisons (Fisher exact, Newcombe intervals)"
+    how = paired if same_samples else unpaired
+    return f"{n_txt}; {how}."
 
 
 def caveat_sentences(v: dict[str, Any]) -> list[str]:
@@ -169,17 +272,8 @@ def verdict_text(v: dict[str, Any], caveats: bool = True) -> str:
                     f"correction ({_pp(hc['diff'])} pp, {_ci(hc)})."
                 )
             clean = [c for c in v["clean_comparisons"] if (c["model_a"], c["model_b"]) == (a, b)]
-            survive = [f"{_where(c)} ({c['better']})" for c in clean + cs if c["significant"]]
-            fail = [_where(c) for c in clean + cs if not c["significant"]]
             if len(accs) == 2:  # with more models the per-eps detail is in the tables and verdict.json
-                parts.append(
-                    f"Holm correction over this pair's {cs[0].get('family', len(cs))} tests (clean accuracy "
-                    "and every budget): differences that survive: "
-                    + (", ".join(survive) or "none")
-                    + "; that do not: "
-                    + (", ".join(fail) or "none")
-                    + "."
-                )
+                parts.append(holm_sentence(clean, cs))
         paras.append(" ".join(parts))
     paras += unbounded_text(v, _focus)
     if len(models) >= 2 and v["clean"] and v["norms"]:

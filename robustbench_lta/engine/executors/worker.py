@@ -48,7 +48,7 @@ class Worker:
         if result.clean_correct is not None:
             self._clean.setdefault(lm.label, {})[unit.start] = result.clean_correct
         meta = unit_meta(unit, result.eps_status)
-        self.store.write_unit(unit.cell.id, unit.id, meta, result.samples, result.attention)
+        self.store.write_unit(unit.cell.id, unit.id, meta, result.samples, result.attention, result.explorer)
         return unit.start, unit.stop, meta
 
     def _known_correct(self, label: str) -> np.ndarray | None:
