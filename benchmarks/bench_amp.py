@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
             differ = int((m["adv_pred_32"] != m["adv_pred_16"]).sum())
             a32, a16 = float(s32.iloc[-1]["robust_acc"]), float(s16.iloc[-1]["robust_acc"])
             figure = f"robust {a32:.1%} / {a16:.1%}"
+            if s32.iloc[-1]["status"] != "ok":  # e.g. an attention attack on a model without attention
+                print(f"  {attack:24s} not run: {s32.iloc[-1]['message']}", flush=True)
+                continue
             diff = a16 - a32
             if not cls.bounded:  # minimal-norm attacks run unbounded: robust = no example found
                 n32, n16 = float(s32.iloc[-1]["median_norm"]), float(s16.iloc[-1]["median_norm"])

@@ -347,8 +347,9 @@ class SweepConfig(_Strict):
         "n/8 of them, at least 16; 0: skip the probe)"
     )
     amp: Literal["auto", "bf16", "fp16", "off"] = Field(
-        "off", description="autocast for attack forwards (auto: bf16 where the GPU or CPU has it natively, "
-        "else fp16 on CUDA; fp16 loss-scaled); predictions and verification always in float32"
+        "off", description="autocast for the forwards of bounded gradient attacks (auto: bf16 where the GPU "
+        "or CPU has it natively, else fp16 on CUDA; fp16 loss-scaled); query-based and minimal-norm attacks, "
+        "predictions and verification always run in float32"
     )
     channels_last: bool = Field(
         True,

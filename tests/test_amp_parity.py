@@ -33,3 +33,60 @@ def test_a_bf16_sweep_records_parity_and_a_float32_sweep_does_not(trained_checkp
               n=64, out=tmp_path / "off", progress=False, sanity_samples=16, attention_samples=0, amp="bf16")
     again = pd.read_parquet(tmp_path / "off" / "sanity.parquet")
     assert (again["check"] == "amp-parity").sum() == 1
+
+
+def test_amp_applies_to_bounded_gradient_attacks_only(tmp_path, monkeypatch) -> None:
+    """Under amp: bf16 a PGD attack's forwards run under autocast; Square's queries and DeepFool's steps
+    (margins and step sizes bf16 rounds away: benchmarks/bench_amp.py) run in float32. The cells of
+    an amp sweep are keyed apart from float32 ones only where the attack ran under autocast."""
+    import torch
+
+    from robustbench_lta.models.registry import create_model
+    from robustbench_lta.plugins import get_attack_class
+
+    seen: dict[str, set[bool]] = {}
+    inside: list[str] = []
+
+    def recording(name: str, method):  # noqa: ANN001, ANN202 - wraps an attack method
+        def wrapped(self, *args, **kwargs):  # noqa: ANN001, ANN202
+            inside.append(name)
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                inside.pop()
+        return wrapped
+
+    class Recorder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = create_model("smallcnn", num_classes=10, width=0.25)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if inside:  # a forward the attack itself asked for
+                seen.setdefault(inside[-1], set()).add(torch.is_autocast_enabled("cpu"))
+            return self.net(x)
+
+    model = Recorder().eval()
+    from robustbench_lta.data.registry import load_dataset
+
+    x, _ = load_dataset("cluttered-digits", split="test", n=16).tensors()
+    with torch.no_grad():
+        own = model(x).argmax(1)  # labelled with its own predictions: every sample is attacked
+    for attack in ("pgd-linf", "square", "deepfool"):
+        cls = get_attack_class(attack)
+        monkeypatch.setattr(cls, "perturb", recording(attack, cls.perturb))
+        spec = {"name": "square", "params": {"n_queries": 5}} if attack == "square" else attack
+        run_sweep({"m": model}, [spec], [8 / 255], data=(x, own), out=tmp_path / attack,
+                  progress=False, sanity_samples=0, attention_samples=0, amp="bf16")
+    assert seen["pgd-linf"] == {True}
+    assert seen["square"] == {False} and seen["deepfool"] == {False}
+
+    from robustbench_lta.config import SweepConfig, validate
+    from robustbench_lta.engine.plan import build_attack_plans, cell_key
+
+    cfg = validate(SweepConfig, {"models": [{"source": "smallcnn"}],
+                                 "attacks": [{"name": "pgd-linf"}, {"name": "square"}], "eps": [8]}, "test")
+    pgd, square = build_attack_plans(cfg)
+    assert cell_key({}, {}, pgd, 0, "worst-case", amp="bf16") != cell_key({}, {}, pgd, 0, "worst-case")
+    assert cell_key({}, {}, square, 0, "worst-case", amp="bf16") == cell_key({}, {}, square, 0, "worst-case")

@@ -110,7 +110,7 @@ def resolve(cfg: SweepConfig, *, models: Mapping[str, Any] | None = None, data: 
             state.restore(module)
         raise
     cells = plan_cells([(lm.label, lm.fingerprint) for lm in loaded], source.fingerprint, attacks, cfg.seed,
-                       cfg.accounting)
+                       cfg.accounting, cfg.amp)
     gmacs = {lm.label: _gmacs(lm, source) for lm in loaded}
     out = Path(cfg.out) if cfg.out else None
     if out is None:

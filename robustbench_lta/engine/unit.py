@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import math
@@ -321,6 +322,8 @@ def run_attack_unit(pm: PreparedModel, source: SampleSource, unit: Unit, setting
 
     # the clean pass is part of the first budget's work
     account(0, t0, (f0, b0))
+    # amp speeds up gradient attacks only; query-based and minimal-norm ones run in float32
+    precision = contextlib.nullcontext if plan.runs_under_amp else pm.model.float32
     try:
         if plan.multi_eps and plan.bounded:
             t1, w1 = time.perf_counter(), pm.model.work()
@@ -328,7 +331,8 @@ def run_attack_unit(pm: PreparedModel, source: SampleSource, unit: Unit, setting
 
             def attack_many(a: torch.Tensor, b: torch.Tensor, p: np.ndarray) -> list[torch.Tensor]:
                 attack.seed = seed_for("multi", p)  # per OOM half: its own first position
-                return list(attack.perturb_many(pm.model, a, b, list(chain)))
+                with precision():
+                    return list(attack.perturb_many(pm.model, a, b, list(chain)))
 
             for pos, x, y in source.batches(todo, settings.batch_size, pm.device):
                 before = _input_copy(x)
@@ -354,7 +358,8 @@ def run_attack_unit(pm: PreparedModel, source: SampleSource, unit: Unit, setting
         else:
             def attack_one(a: torch.Tensor, b: torch.Tensor, p: np.ndarray, eps: float) -> list[torch.Tensor]:
                 attack.seed = seed_for(_eps_tag(eps), p)  # per OOM half: its own first position
-                return [attack.perturb(pm.model, a, b, eps)]
+                with precision():
+                    return [attack.perturb(pm.model, a, b, eps)]
 
             failed_at: tuple[str, str] | None = None
             for k, eps in enumerate(chain):

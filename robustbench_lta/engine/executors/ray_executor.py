@@ -82,7 +82,7 @@ def _run_unit(cfg_json: dict[str, Any], model_index: int, attack_label: str, key
     _check_shard(worker, lm.label, start, stop, shard_sha256)
     # the same planning as the driver's (cascade upstream cells included), from this worker's view
     cells = plan_cells([(lm.label, lm.fingerprint)], worker.source.fingerprint,
-                       list(state["attacks"].values()), cfg.seed, cfg.accounting)
+                       list(state["attacks"].values()), cfg.seed, cfg.accounting, cfg.amp)
     cell = next(c for c in cells if c.attack.label == attack_label)
     if cell.key != key:
         raise UserError(f"worker sees other data or weights for {lm.label}/{attack_label} than the driver "
