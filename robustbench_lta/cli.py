@@ -43,7 +43,7 @@ _PLUGINS_OPTION = click.option(
 _THREADS_OPTION = click.option(
     "--threads", type=click.IntRange(min=1), default=None,
     help="CPU threads for torch (default: the cores this process may use, less those other jobs keep "
-         "busy by the 1-minute load average). Two jobs on the same cores: give each its share.")
+         "busy, measured at start). Two jobs on the same cores: give each its share.")
 
 
 def _apply_threads(threads: int | None) -> int:

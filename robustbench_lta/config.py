@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -23,22 +24,64 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
+def _cpu_jiffies() -> tuple[int, int]:
+    """(total, idle) jiffies of all CPUs from /proc/stat (Linux)."""
+    with open("/proc/stat") as fh:
+        values = [int(v) for v in fh.readline().split()[1:9]]
+    return sum(values), values[3] + values[4]
+
+
+def busy_cores(window: float = 0.1) -> float | None:
+    """Cores other processes keep busy right now: the machine's busy share over ``window`` seconds,
+    less this process's own use; None where /proc/stat is absent (not Linux).
+
+    Measured now, not averaged over the past minute: the 1-minute load average still counts a job
+    that just finished, such as the ``pip install`` that ``make demo`` runs first (which left the
+    demo on 1 of 2 idle cores).
+    """
+    try:
+        total0, idle0 = _cpu_jiffies()
+        own0 = sum(os.times()[:2])
+        time.sleep(window)
+        total1, idle1 = _cpu_jiffies()
+        own1 = sum(os.times()[:2])
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    cpus = os.cpu_count() or 1
+    busy = (1.0 - (idle1 - idle0) / (total1 - total0)) * cpus - (own1 - own0) / window
+    return max(0.0, busy)
+
+
+_DEFAULT_THREADS: int | None = None
+
+
 def default_threads() -> int:
     """The CPU cores this process may use, less those other jobs keep busy; at least 1.
 
-    Cores: the affinity mask where the OS has one. Busy: the 1-minute load average, rounded down
-    (a job started beside a 2-thread training run on 2 cores gets 1 thread, not 2 that would spin
-    against the other job's: 15-37 img/s against 200+ with one thread, seen on such a machine).
+    Cores: the affinity mask where the OS has one. Busy: :func:`busy_cores` rounded (elsewhere the
+    1-minute load average, rounded down). A job started beside a 2-thread training run on 2 cores
+    gets 1 thread, not 2 that would spin against the other job's (15-37 img/s against 200+ with one
+    thread, seen on such a machine). Measured once per process.
     """
+    global _DEFAULT_THREADS
+    if _DEFAULT_THREADS is not None:
+        return _DEFAULT_THREADS
     try:
         cores = max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # macOS, Windows
         cores = max(1, os.cpu_count() or 1)
-    try:
-        busy = int(os.getloadavg()[0])
-    except (AttributeError, OSError):  # Windows
-        busy = 0
-    return max(1, cores - min(busy, cores - 1))
+    measured = busy_cores()
+    if measured is not None:
+        busy = int(round(measured))
+    else:
+        try:
+            busy = int(os.getloadavg()[0])
+        except (AttributeError, OSError):  # Windows
+            busy = 0
+    _DEFAULT_THREADS = max(1, cores - min(busy, cores - 1))
+    return _DEFAULT_THREADS
 
 
 def apply_threads(threads: int | None) -> int:
@@ -57,7 +100,7 @@ def apply_threads(threads: int | None) -> int:
 
 _THREADS_HELP = (
     "CPU threads torch uses (default: the cores this process may use less those other jobs keep busy, "
-    "by the 1-minute load average; the number used is recorded); give each of two jobs sharing a "
+    "measured at start; the number used is recorded); give each of two jobs sharing a "
     "machine its own share, e.g. 1 each on 2 cores"
 )
 _PLUGINS_HELP = (

@@ -110,3 +110,30 @@ def test_pickle_checkpoint_is_refused_from_the_cli(tmp_path):
     bad.write_bytes(b"\x80\x04K\x01.")  # a pickle; it must never be unpickled
     res = cli("sweep", "--model", str(bad), "--attack", "fgsm", "--out", str(tmp_path / "o"))
     assert res.returncode == 2 and "pickle" in res.stderr.lower()
+
+
+def test_default_threads_count_what_other_processes_use_now(monkeypatch) -> None:
+    """A process spinning on one core counts as ~1 busy core (measured over the window, not the load
+    average, which still remembers a job that just ended); this process's own work does not count."""
+    import subprocess
+    import sys
+
+    from robustbench_lta import config
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        busy = config.busy_cores(window=0.5)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert busy is not None and busy >= 0.7
+    monkeypatch.setattr(config, "_DEFAULT_THREADS", None)
+    monkeypatch.setattr(config.os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)
+    monkeypatch.setattr(config, "busy_cores", lambda window=0.1: 1.2)
+    assert config.default_threads() == 1
+    monkeypatch.setattr(config, "_DEFAULT_THREADS", None)
+    monkeypatch.setattr(config, "busy_cores", lambda window=0.1: 0.3)  # a finished pip install
+    assert config.default_threads() == 2
+    monkeypatch.setattr(config, "_DEFAULT_THREADS", None)
+    monkeypatch.setattr(config, "busy_cores", lambda window=0.1: 5.0)  # never below one thread
+    assert config.default_threads() == 1
