@@ -181,3 +181,38 @@ def test_a_model_stuck_in_train_mode_fails_the_determinism_check(base, data, tmp
     # and no number is reported as trustworthy: the cells are not `ok`
     attack_rows = summary[summary["attack"] == "fgsm"]
     assert (attack_rows["status"] != "ok").all(), attack_rows[["eps", "status", "message"]]
+
+
+def test_black_box_is_compared_with_every_white_box_attack_together() -> None:
+    """Square breaking what FGSM or PGD-10 missed is a weak white-box attack when AutoAttack broke the
+    same samples (the demo: square beat fgsm on 20 % and pgd-linf on 5.5 % at 8/255, autoattack on 0):
+    it passes. A sample no white-box attack breaks but square does is the masking sign: it fails."""
+    import numpy as np
+    import pandas as pd
+
+    from robustbench_lta.engine.sanity import AttackTraits, table_checks
+
+    traits = {"fgsm": AttackTraits("white-box", False, True, "linf"),
+              "pgd-linf": AttackTraits("white-box", True, True, "linf"),
+              "autoattack": AttackTraits("white-box", True, True, "linf"),
+              "square": AttackTraits("black-box-score", True, True, "linf")}
+    eps = 8 / 255
+    broken = {"fgsm": [1, 0, 0, 0, 0], "pgd-linf": [1, 1, 0, 0, 0], "autoattack": [1, 1, 1, 1, 0],
+              "square": [1, 1, 1, 0, 0]}
+
+    def tables(square: list[int]) -> tuple[pd.DataFrame, pd.DataFrame]:
+        rows, summary = [], []
+        for attack, flags in {**broken, "square": square}.items():
+            for i, b in enumerate(flags):
+                rows.append({"model": "m", "attack": attack, "eps": eps, "index": i, "broken": bool(b),
+                             "label": 0, "clean_pred": 0})
+            summary.append({"model": "m", "attack": attack, "eps": eps, "status": "ok", "clean_acc": 1.0,
+                            "robust_acc": 1 - float(np.mean(flags))})
+        return pd.DataFrame(summary), pd.DataFrame(rows)
+
+    checks = pd.DataFrame(table_checks(*tables(broken["square"]), traits))
+    row = checks[checks["check"] == "white-box-at-least-black-box"]
+    assert list(row["attack"]) == ["square vs autoattack, pgd-linf"] and list(row["status"]) == ["pass"]
+    masked = pd.DataFrame(table_checks(*tables([1, 1, 1, 0, 1]), traits))
+    row = masked[masked["check"] == "white-box-at-least-black-box"]
+    assert list(row["status"]) == ["fail"] and "no white-box attack" in row["message"].iloc[0]

@@ -51,7 +51,7 @@ SANITY_EXPLAIN = {
         "single step breaks; possible gradient masking or too few/too small steps."
     ),
     "white-box-at-least-black-box": (
-        "A black-box or random attack breaks samples the white-box attack misses: "
+        "A black-box or random attack breaks samples that no iterative white-box attack breaks: "
         "gradients are misleading (gradient masking), so white-box numbers overestimate robustness."
     ),
 }
