@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_sweep import load_avg, machine_lines  # noqa: E402
+from bench_sweep import load_avg, print_machine  # noqa: E402
 from train_cifar10 import cifar10_test  # noqa: E402
 
 from robustbench_lta.engine.api import run_sweep  # noqa: E402
@@ -65,12 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--attacks", nargs="*", default=None, help="default: every built-in attack")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print("== machine")
-    for line in machine_lines():
-        print("  " + line)
-    print(f"  torch threads {torch.get_num_threads()}, load average at start: {load_avg()}")
+    print_machine(args.threads)
     names = args.attacks or [a.name for a in list_attacks() if a.source == "builtin"]
     model = load_model(args.checkpoint).eval()
     data = cifar10_test(args.n)

@@ -38,7 +38,8 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_sweep import load_avg, machine_lines  # noqa: E402
+from aa_components import Logits  # noqa: E402
+from bench_sweep import load_avg, print_machine  # noqa: E402
 from bench_work import FGSM_EPS, torchattacks_per_budget  # noqa: E402
 from train_cifar10 import cifar10_test  # noqa: E402
 
@@ -50,18 +51,6 @@ from robustbench_lta.training.checkpoint import load_model  # noqa: E402
 DEFAULT_CHECKPOINTS = ("runs/study3/vgg16/seed0/best.safetensors",
                        "runs/adv125/vgg16_standard/best.safetensors")
 BATCH = 128
-
-
-class Logits(torch.nn.Module):
-    """torchattacks needs a module that returns logits only (attention models also return maps)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(x)
-        return out[0] if isinstance(out, tuple) else out
 
 
 def predict(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
@@ -130,12 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", type=Path, default=None)
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print("== machine")
-    for line in machine_lines():
-        print("  " + line)
-    print(f"  torch threads {torch.get_num_threads()}, load average at start: {load_avg()}")
+    print_machine(args.threads)
     data = cifar10_test(args.n)
     workdir = Path(tempfile.mkdtemp(prefix="bench-small-"))
     try:

@@ -97,6 +97,16 @@ def machine_lines() -> list[str]:
     ]
 
 
+def print_machine(threads: int | None) -> None:
+    """Set torch's threads (None: leave them) and print the machine block every benchmark opens with."""
+    if threads:
+        torch.set_num_threads(threads)
+    print("== machine")
+    for line in machine_lines():
+        print("  " + line)
+    print(f"  torch threads {torch.get_num_threads()}, load average at start: {load_avg()}")
+
+
 def load_avg() -> str:
     try:
         return " ".join(f"{v:.2f}" for v in os.getloadavg())
