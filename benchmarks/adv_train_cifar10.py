@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="*", default=["vgg16"], help="models to train (none: only --also)")
     p.add_argument("--width", type=float, default=0.25)
-    p.add_argument("--method", default="fgsm-rs", choices=["fgsm-rs", "pgd", "trades"])
+    p.add_argument("--method", default="fgsm-rs", choices=["fgsm-rs", "n-fgsm", "pgd", "trades"])
     p.add_argument("--eps", type=float, default=8.0, help="training budget in /255 units")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--n-train", type=int, default=None, help="first N training images (default all 50,000)")

@@ -39,7 +39,8 @@ def attack_strength(name: str, params: dict[str, Any] | None = None) -> str | No
     params = dict(params or {})
     low = name.lower()
     if "autoattack" in low:
-        return "AutoAttack"
+        subset = params.get("attacks")  # a subset of the standard version's attacks
+        return f"AutoAttack ({' + '.join(map(str, subset))} only)" if subset else "AutoAttack"
     if "pgd" in low:  # PGD and APGD (pgd-linf, apgd-ce, ta:PGD, ta:APGD, fb:LinfPGD, ...)
         steps = attack_steps(name, params)
         if steps is not None and steps >= STRONG_STEPS:

@@ -332,7 +332,9 @@ class PageSink:
                 )
                 first = False
                 continue
-            if used + need > budget:
+            # a caption without rows ("Every cell finished ok.") is one line: it joins the page before
+            # it (flush scales that page's line height to fit) rather than taking a page of its own
+            if used + need > budget and not (shown.empty and page):
                 flush()
             page.append((caption, shown, colours, heights))
             used += need

@@ -77,7 +77,11 @@ def _norm_intro(norm: str, nv: dict[str, Any]) -> str:
     for m, st in sorted(nv["strength"].items()):
         if st.get("strongest"):
             a, r = st["strongest"]
-            strongest[m] = (f"{a} ({'strong' if a in st.get('strong', {}) else 'weak'})", r)
+            why = st.get("strong", {}).get(a)
+            # a subset of AutoAttack is strong but not the standard evaluation: say which part ran
+            tag = "weak" if not why else f"strong; {why[why.index('(') + 1:-1]}" if why.startswith(
+                "AutoAttack (") else "strong"
+            strongest[m] = (f"{a} ({tag})", r)
     names = {t for t, _r in strongest.values()}
     if len(names) == 1 and len(strongest) > 1:  # the same attack for every model: named once
         everyone = "both models" if len(strongest) == 2 else f"all {len(strongest)} models"
