@@ -7,16 +7,19 @@ ZOO_STAMP := $(VENV)/.installed-zoo
 
 .PHONY: install demo test lint bench clean browser gpu-wheels gpu-check gpu-study
 
+# --no-compile: pip would byte-compile every module of the 5.5 GB CUDA build of torch that pip takes
+# on x86_64 (a minute of a 3-minute install on 2 cores); Python compiles what it imports on first use
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet --no-compile -e ".[autoattack]"
 	touch $(STAMP)
 
-# the zoo sources' libraries (robustbench, timm, huggingface-hub), for `make test` only (the demo does
-# not need them); pinned: unpinned, pip's resolver gave up (constraints-zoo.txt says why)
+# the test tools (pytest, ray, hypothesis) and the zoo sources' libraries (robustbench, timm,
+# huggingface-hub), for `make test` only (the demo needs neither); the zoo pinned: unpinned, pip's
+# resolver gave up (constraints-zoo.txt says why)
 $(ZOO_STAMP): $(STAMP) constraints-zoo.txt
-	$(BIN)/pip install --quiet -e ".[test,zoo]" -c constraints-zoo.txt
+	$(BIN)/pip install --quiet --no-compile -e ".[test,zoo]" -c constraints-zoo.txt
 	touch $(ZOO_STAMP)
 
 install: $(STAMP)
@@ -37,7 +40,7 @@ browser:
 			|| echo "note: apt-get could not install chromium: the browser test will skip"; \
 	else echo "note: chromium is missing and installing it needs root and apt-get: the browser test will skip"; fi
 
-lint: $(STAMP)
+lint: $(ZOO_STAMP)
 	$(BIN)/ruff check robustbench_lta attacks tests benchmarks
 
 bench: $(STAMP)
@@ -82,7 +85,7 @@ gpu-wheels:
 VENV_SITE = $(shell $(BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" 2>/dev/null)
 
 ifdef QUICK
-gpu-check: $(STAMP) gpu-wheels
+gpu-check: $(ZOO_STAMP) gpu-wheels
 	$(BIN)/python benchmarks/gpu_rehearse.py --site $(VENV_SITE) $(if $(GPU_OUT),--out $(GPU_OUT))
 else
 gpu-check:
@@ -92,7 +95,7 @@ endif
 # gpu-study (docs/study.md): Study v3's reduced GPU scale on the GPU machine, stopped cleanly at 540 s and
 # resumed by running it again; `QUICK=1 make gpu-study` rehearses the same path on CPU (CI runs that).
 ifdef QUICK
-gpu-study: $(STAMP)
+gpu-study: $(ZOO_STAMP)
 	$(BIN)/python benchmarks/gpu_study.py --quick $(if $(GPU_OUT),--out $(GPU_OUT))
 else
 gpu-study:
