@@ -115,8 +115,13 @@ def load_avg() -> str:
 
 
 def train_config(width: float, quick: bool) -> dict[str, Any]:
-    """A short cluttered-digits run: a few minutes on 2 cores, accuracy well above chance."""
-    n_train, epochs = (300, 1) if quick else (2000, 3)
+    """A short cluttered-digits run: a few minutes on 2 cores, accuracy well above chance.
+
+    The demo's attention recipe (5,000 images, 5 epochs): the earlier 2,000 images x 3 epochs gave
+    77.7 % with torch 2.15.0 but 23.4 % with torch 2.14.1 on the same CPU (too short to be robust
+    to the order of float sums), and the ratios then flattered the engine (few clean-correct samples).
+    """
+    n_train, epochs = (300, 1) if quick else (5000, 5)
     return {
         "model": {"name": ATT_MODEL, "width": width},
         "data": {"name": "cluttered-digits", "n_train": n_train, "n_test": 256},
@@ -427,13 +432,21 @@ def main(argv: list[str] | None = None) -> int:
             if "fgsm" not in skip:
                 same_ta = int((e_pred[:, correct] == outs["torchattacks"][:, correct]).sum())
                 same_fb = int((e_pred[:, correct] == outs["foolbox"][:, correct]).sum())
+                # the robust flag (prediction == label) is what must agree: worst-case accounting
+                # carries a sample broken at a smaller eps to the larger ones with that earlier
+                # adversarial example, so its wrong class may differ from a per-eps attack's
+                flag = lambda p: (p == yn)[:, correct]  # noqa: E731
+                flags_ta = int((flag(e_pred) == flag(outs["torchattacks"])).sum())
+                flags_fb = int((flag(e_pred) == flag(outs["foolbox"])).sum())
                 print(
-                    f"\n== 1. FGSM over {len(FGSM_EPS)} eps (1..8/255), n={len(x)}: predictions on "
+                    f"\n== 1. FGSM over {len(FGSM_EPS)} eps (1..8/255), n={len(x)}: "
                     f"{int(correct.sum())} clean-correct samples x {len(FGSM_EPS)} eps = {cmp_n}"
                 )
                 print(
-                    f"  engine == torchattacks: {same_ta}/{cmp_n}; engine == foolbox: {same_fb}/{cmp_n}; "
-                    f"engine == bare plugin loop: {same_bare}/{cmp_n}"
+                    f"  robust flags: engine == torchattacks {flags_ta}/{cmp_n}, engine == foolbox "
+                    f"{flags_fb}/{cmp_n}; predicted classes: engine == torchattacks: {same_ta}/{cmp_n}; "
+                    f"engine == foolbox: {same_fb}/{cmp_n}; engine == bare plugin loop: {same_bare}/{cmp_n} "
+                    "(a sample broken at a smaller eps keeps that adversarial example)"
                 )
                 for k, e in enumerate(FGSM_EPS):
                     ra = lambda p, k=k: float(((p[k] == yn) & correct).mean())  # noqa: E731
@@ -441,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"  eps {e * 255:.0f}/255 robust acc: engine {ra(e_pred):.3f} "
                         f"torchattacks {ra(outs['torchattacks']):.3f} foolbox {ra(outs['foolbox']):.3f}"
                     )
-                identical = same_ta == cmp_n and same_fb == cmp_n
+                identical = flags_ta == cmp_n and flags_fb == cmp_n
                 for m in ("torchattacks", "foolbox"):
                     ratio = best[m] / best["engine"]
                     results.append(
@@ -455,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     targets.append(
                         [
-                            f"FGSM engine >= {TARGET_FGSM}x faster than {m}, identical predictions",
+                            f"FGSM engine >= {TARGET_FGSM}x faster than {m}, identical robust flags",
                             f"{ratio:.2f}x, {'identical' if identical else 'NOT identical'}",
                             verdict(ratio >= TARGET_FGSM and identical),
                         ]
