@@ -79,8 +79,8 @@ class _AutoAttackBase(Attack):
                 n_classes = int(wrapped(x0[:1]).shape[1])
             chosen = self.params.get("attacks")
             if chosen is None:
-                attack = AutoAttack(wrapped, norm=self._norm, eps=float(eps), version=str(self.params["version"]),
-                                    seed=self.seed, device=x.device)
+                attack = AutoAttack(wrapped, norm=self._norm, eps=float(eps),
+                                    version=str(self.params["version"]), seed=self.seed, device=x.device)
             else:
                 attack = _standard_subset(wrapped, self._norm, float(eps), self.seed, x.device, list(chosen))
             # the targeted attacks aim at the top 9 other classes; fewer classes: all of them
