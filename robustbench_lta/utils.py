@@ -12,9 +12,10 @@ import json
 import os
 import platform
 import random
+import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,31 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def swap_in_folder(staged: Path, target: Path, then: Callable[[], None] | None = None) -> None:
+    """Replace the folder ``target`` by ``staged`` as a whole (no stale file of the old one survives),
+    then run ``then`` (e.g. move a file beside it into place); if a step fails, the old folder and
+    ``staged`` are put back where they were."""
+    old: Path | None = None
+    if target.is_dir():
+        # rename onto the empty folder mkdtemp made, so the hidden name is unique too
+        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))
+        target.rename(old)
+    try:
+        staged.rename(target)
+        if then is not None:
+            try:
+                then()
+            except BaseException:
+                target.rename(staged)
+                raise
+    except BaseException:
+        if old is not None:
+            old.rename(target)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -93,3 +93,26 @@ def test_caption_only_table_joins_the_page_before(tmp_path) -> None:
     assert pages([empty]) == alone == 1
     # a real table that does not fit still starts a new page
     assert pages([("Another table.", table, None)]) == 2
+
+
+def test_swap_in_folder_puts_everything_back_when_the_follow_up_fails(tmp_path) -> None:
+    """The PDF's and the HTML report's shared swap: a failing follow-up (the PDF's own rename) leaves
+    the old folder in place and the staged one where it was."""
+    from robustbench_lta.utils import swap_in_folder
+
+    target, staged = tmp_path / "out_files", tmp_path / ".staged"
+    target.mkdir()
+    (target / "old.png").write_text("old")
+    staged.mkdir()
+    (staged / "new.png").write_text("new")
+
+    def fail() -> None:
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        swap_in_folder(staged, target, then=fail)
+    assert (target / "old.png").read_text() == "old" and not (target / "new.png").exists()
+    assert (staged / "new.png").read_text() == "new"
+    swap_in_folder(staged, target)
+    assert sorted(p.name for p in target.iterdir()) == ["new.png"] and not staged.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".old")] == []

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..utils import apply_umask
+from ..utils import apply_umask, swap_in_folder
 from .html_explorer import build_explorer
 from .html_tables import curves_html, hex_colour, table_html, table_rows
 from .load import ResultsBundle, eps_label, load_results, model_palette
@@ -116,22 +116,6 @@ def check_html_out(out_dir: Path) -> None:
                         "folder as a whole; give a new or empty folder")
 
 
-def _swap_in(staged: Path, out_dir: Path) -> None:
-    """Replace ``out_dir`` by ``staged``; the old folder is put back if the rename fails."""
-    old = None
-    if out_dir.is_dir():
-        old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".old"))
-        out_dir.rename(old)
-    try:
-        staged.rename(out_dir)
-    except BaseException:
-        if old is not None:
-            old.rename(out_dir)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def render_html(bundle: ResultsBundle, folder: Path, title: str | None = None) -> HtmlReportResult:
     """Write the report's files into ``folder`` (which exists and is empty or ours)."""
     palette = {m: hex_colour(c) for m, c in model_palette(bundle.models).items()}
@@ -182,7 +166,7 @@ def build_html_report(results_dirs: list[Path], out_dir: Path, title: str | None
     try:
         apply_umask(staged, 0o777)  # mkdtemp makes 0700: a report is shared like any file
         result = render_html(bundle, staged, title)
-        _swap_in(staged, out_dir)
+        swap_in_folder(staged, out_dir)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise

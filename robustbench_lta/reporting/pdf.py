@@ -22,7 +22,7 @@ import pandas as pd
 import yaml
 
 from ..errors import UserError
-from ..utils import apply_umask
+from ..utils import apply_umask, swap_in_folder
 from .attention_drift import drift_table
 from .curves import curves_table, robustness_curve_pages
 from .family import family_section
@@ -105,7 +105,8 @@ def build_report(
         (files / REPORT_MARK).write_text("written by robustbench-lta report; replaced on the next run\n")
         result = _render(bundle, out_pdf, tmp, files, title, curves)
         apply_umask(tmp)
-        _swap_in(files, final_files, tmp, out_pdf)
+        # no stale figure from an earlier report with other sections: the old folder goes as a whole
+        swap_in_folder(files, final_files, then=lambda: os.replace(tmp, out_pdf))
     except BaseException:
         shutil.rmtree(files, ignore_errors=True)
         tmp.unlink(missing_ok=True)
@@ -143,30 +144,6 @@ def _check_outputs(out_pdf: Path, final_files: Path) -> None:
     if final_files.is_dir() and not _written_by_report(final_files):
         raise UserError(f"{final_files} holds files the report did not write: the report replaces that "
                         "folder with its figures and tables; move them elsewhere, or choose another --out")
-
-
-def _swap_in(files: Path, final_files: Path, tmp: Path, out_pdf: Path) -> None:
-    """Replace ``final_files`` and ``out_pdf`` by the staged ``files`` and ``tmp``; on failure the old
-    ones are put back."""
-    old: Path | None = None
-    if final_files.is_dir():
-        # no stale figure from an earlier report with other sections: the old folder goes as a whole
-        # (rename onto the empty folder mkdtemp made, so the hidden name is unique too)
-        old = Path(tempfile.mkdtemp(dir=final_files.parent, prefix=f".{final_files.name}.", suffix=".old"))
-        final_files.rename(old)
-    try:
-        files.rename(final_files)
-        try:
-            os.replace(tmp, out_pdf)
-        except BaseException:
-            final_files.rename(files)
-            raise
-    except BaseException:
-        if old is not None:
-            old.rename(final_files)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _strong_commands(bundle: ResultsBundle, out_pdf: Path, files: Path) -> dict[str, str]:
