@@ -13,6 +13,7 @@ an in-memory dataset once; a worker takes that hash and checks only the shard of
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from typing import Any
@@ -94,8 +95,12 @@ def _run_unit(cfg_json: dict[str, Any], model_index: int, attack_label: str, key
 
 
 def _run_model_pass(cfg_json: dict[str, Any], model_index: int, key: str, settings: Any,
-                    data_sha256: str | None) -> str:
+                    figure_label: str | None, data_sha256: str | None) -> str:
     state = _worker_state(cfg_json)
+    # the figure attack travels by label and is rebuilt here: its plan holds a plugin instance, which
+    # a fresh worker (a retry after a crash) cannot unpickle before it has loaded the plugins
+    settings = dataclasses.replace(settings, figure_attack=state["attacks"].get(figure_label)
+                                   if figure_label is not None else None)
     lm = _loaded(state, model_index, data_sha256)
     _check_shard(state["worker"], lm.label, 0, state["worker"].source.n, data_sha256)
     state["worker"].run_model_pass(lm, key, settings)
@@ -173,7 +178,9 @@ def run_units_on_ray(sweep: Any, store: ResultStore, pending: Any, progress: boo
         for u in pending.units:
             waves.setdefault(len(u.cell.upstream), []).append(u)
         done: dict[str, list[tuple[int, int, dict[str, Any]]]] = {}
-        settings = sweep.model_pass_settings
+        settings = dataclasses.replace(sweep.model_pass_settings, figure_attack=None)
+        figure = sweep.model_pass_settings.figure_attack
+        figure_label = figure.label if figure is not None else None
         bar = tqdm(total=len(pending.units) + len(pending.model_passes),
                    desc=f"sweep on ray ({gpus:g} GPU/task)", unit="unit", disable=not progress)
         t0 = time.perf_counter()
@@ -183,11 +190,13 @@ def run_units_on_ray(sweep: Any, store: ResultStore, pending: Any, progress: boo
                                          u.start, u.stop, data_sha, source.shard_sha256(u.start, u.stop)
                                          ): "unit" for u in waves[depth]}
                 if depth == max(waves):
-                    refs.update({pass_task.remote(cfg_json, index[label], key, settings, data_sha): "pass"
+                    refs.update({pass_task.remote(cfg_json, index[label], key, settings, figure_label,
+                                                  data_sha): "pass"
                                  for label, key in pending.model_passes.items()})
                 _gather(ray, refs, done, bar, t0)
             if not waves:
-                _gather(ray, {pass_task.remote(cfg_json, index[label], key, settings, data_sha): "pass"
+                _gather(ray, {pass_task.remote(cfg_json, index[label], key, settings, figure_label,
+                                               data_sha): "pass"
                               for label, key in pending.model_passes.items()}, done, bar, t0)
         finally:
             bar.close()
