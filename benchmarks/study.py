@@ -150,13 +150,17 @@ def family_epochs(recipe: Recipe, family: Family) -> int:
     return (recipe.adv_epochs if family.adversarial else recipe.epochs) * family.epoch_factor
 
 
-def run_seconds(run: Path) -> float:
-    """Training seconds of a run, summed over its epochs (adds up across interrupted sittings)."""
+def run_seconds(run: Path, column: str = "seconds") -> float:
+    """Training seconds of a run, summed over its epochs (adds up across interrupted sittings).
+
+    ``column="cpu_seconds"``: the process's CPU time instead of the wall clock (all threads; not
+    inflated by a pause or a busy machine; epochs from before the column existed count 0).
+    """
     history = run / "history.csv"
     if not history.is_file():
         return 0.0
     with history.open() as fh:
-        return sum(float(r.get("seconds") or 0) for r in csv.DictReader(fh))
+        return sum(float(r.get(column) or 0) for r in csv.DictReader(fh))
 
 
 def finished(run: Path, epochs: int) -> bool:
@@ -184,7 +188,8 @@ def stage_train(recipe: Recipe, args: argparse.Namespace, data_name: str) -> dic
         res = train(cfg, progress=args.progress)
         print(f"  [{i}/{len(units)}] {fam.label} seed {seed}: test accuracy {res.test_acc:.1%} "
               f"(epoch {res.best_epoch}, {time.perf_counter() - t0:.0f} s this sitting)", flush=True)
-    return {f"{f.label}@seed{s}": round(run_seconds(args.runs / f.label / f"seed{s}"), 1)
+    return {f"{f.label}@seed{s}": {c: round(run_seconds(args.runs / f.label / f"seed{s}", c), 1)
+                                   for c in ("seconds", "cpu_seconds")}
             for s in recipe.seeds for f in args.families}
 
 
@@ -250,7 +255,8 @@ def stage_report(recipe: Recipe, args: argparse.Namespace, timings: dict) -> Non
         card = json.loads((run / "best.json").read_text())
         rows.append({"family": fam.label, "seed": seed, "model": fam.model, "width": recipe.width,
                      "adversarial": fam.adversarial, "test_acc": card.get("clean_test_accuracy"),
-                     "precision": card.get("precision"), "train_s": round(run_seconds(run), 1)})
+                     "precision": card.get("precision"), "train_s": round(run_seconds(run), 1),
+                     "train_cpu_s": round(run_seconds(run, "cpu_seconds"), 1)})
     with (args.results / "study_networks.csv").open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["family"])
         w.writeheader()
@@ -310,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     timings["recipe"] = asdict(recipe)
     data_name = data_name_for(args)
     for stage in [s.strip() for s in args.stages.split(",") if s.strip()]:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         print(f"== {stage} ({recipe.name} recipe)", flush=True)
         try:
             if stage == "train":
@@ -328,6 +334,10 @@ def main(argv: list[str] | None = None) -> int:
             sittings = timings.setdefault("sittings_s", {}).setdefault(stage, [])
             sittings.append(round(time.perf_counter() - t0, 1))
             timings[f"{stage}_s"] = round(sum(sittings), 1)
+            # CPU time of this process, all threads (a paused or crowded sitting does not inflate it)
+            cpu = timings.setdefault("cpu_sittings_s", {}).setdefault(stage, [])
+            cpu.append(round(time.process_time() - cpu0, 1))
+            timings[f"{stage}_cpu_s"] = round(sum(cpu), 1)
             timings_path.write_text(json.dumps(timings, indent=1))
         print(f"   {stage}: {timings[f'{stage}_s']:.0f} s over {len(sittings)} sitting(s)", flush=True)
     return 0

@@ -114,5 +114,7 @@ def test_study_counts_a_run_finished_only_once_tested(tmp_path) -> None:
     assert not study.finished(run, 3)  # not tested yet: training stopped before the test pass
     (run / "best.json").write_text(json.dumps({"clean_test_accuracy": 0.8}))
     assert study.finished(run, 3) and not study.finished(run, 4)
-    (run / "history.csv").write_text("epoch,seconds\n1,10.5\n2,11.5\n")
+    # the first epoch from before cpu_seconds existed: it counts 0 there, not an error
+    (run / "history.csv").write_text("epoch,seconds,cpu_seconds\n1,10.5,\n2,11.5,20.25\n")
     assert study.run_seconds(run) == pytest.approx(22.0)
+    assert study.run_seconds(run, "cpu_seconds") == pytest.approx(20.25)

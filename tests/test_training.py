@@ -92,6 +92,10 @@ def test_training_beats_chance(trained) -> None:
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5, 6]
     assert float(rows[3]["lr"]) == pytest.approx(0.01 * 0.5)  # halved after lr_step_epochs=3
     assert all(float(r["images_per_s"]) > 0 for r in rows)
+    # CPU time of the epoch, all threads: positive, and not more than the threads could spend (one
+    # thread of slack for the process's others: Python, the loader's copies)
+    threads = torch.get_num_threads() + 1
+    assert all(0 < float(r["cpu_seconds"]) <= threads * float(r["seconds"]) + 0.5 for r in rows)
 
 
 def test_card_has_all_fields_and_matching_sha(trained_attention) -> None:

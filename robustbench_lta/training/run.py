@@ -150,7 +150,7 @@ def train_epoch(run: Run, epoch: int, train_data: DeviceBatches) -> dict[str, An
     seen, bs, lr_used = 0, run.batch_size, config.lr
     bar = tqdm(total=run.steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}", leave=False,
                disable=not run.progress, file=sys.stderr, dynamic_ncols=True)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     try:
         for step in range(run.steps_per_epoch):
             index = perm[step * bs: (step + 1) * bs if step < run.steps_per_epoch - 1 else run.n]
@@ -196,7 +196,7 @@ def train_epoch(run: Run, epoch: int, train_data: DeviceBatches) -> dict[str, An
         )
     return {"epoch": epoch, "lr": lr_used, "train_loss": round(train_loss, 6),
             "train_acc": round(int(correct) / seen, 6), "images_per_s": round(seen / seconds, 1),
-            "t0": t0}
+            "t0": t0, "cpu0": cpu0}
 
 
 def check_input_size(

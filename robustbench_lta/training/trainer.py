@@ -228,6 +228,7 @@ def _train(
             if row["val_acc"] is not None:
                 last_acc = row["val_acc"]
             row["seconds"] = round(time.perf_counter() - row.pop("t0"), 3)
+            row["cpu_seconds"] = round(time.process_time() - row.pop("cpu0"), 3)
             history.append(row)
             value = _selection_value(run, row)
             # without a validation split nothing is selected: best follows the last epoch
