@@ -16,7 +16,7 @@ from torch import nn
 
 from robustbench_lta import UserError
 from robustbench_lta.plugins.registry import get_attack
-from robustbench_lta.plugins.strength import attack_strength, family_rank
+from robustbench_lta.plugins.strength import attack_strength, family_rank, strength_tag
 
 needs_aa = pytest.mark.skipif(importlib.util.find_spec("pyautoattack") is None,
                               reason="the authors' AutoAttack (pyautoattack) is not installed")
@@ -72,6 +72,12 @@ def test_strength_names_the_subset() -> None:
     assert attack_strength("autoattack", {"attacks": ["apgd-ce", "apgd-t"]}) == \
         "AutoAttack (apgd-ce + apgd-t only)"
     assert family_rank("autoattack", {"attacks": ["apgd-ce", "apgd-t"]}) == 0  # still a strong attack
+    # the report's tag beside the name, read back from the same module that wrote the reason
+    assert strength_tag(attack_strength("autoattack", {"attacks": ["apgd-ce", "apgd-t"]})) == \
+        "strong; apgd-ce + apgd-t only"
+    assert strength_tag(attack_strength("autoattack", {})) == "strong"
+    assert strength_tag(attack_strength("pgd-linf", {"steps": 50})) == "strong"
+    assert strength_tag(attack_strength("fgsm", {})) == "weak"
 
 
 def test_caption_only_table_joins_the_page_before(tmp_path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+_AUTOATTACK = "AutoAttack"
 #: PGD/APGD with at least this many steps counts as a strong attack (with AutoAttack)
 STRONG_STEPS = 50
 #: single-step attacks and noise: the weakest family, never named the strongest on a tie
@@ -40,12 +41,22 @@ def attack_strength(name: str, params: dict[str, Any] | None = None) -> str | No
     low = name.lower()
     if "autoattack" in low:
         subset = params.get("attacks")  # a subset of the standard version's attacks
-        return f"AutoAttack ({' + '.join(map(str, subset))} only)" if subset else "AutoAttack"
+        return f"{_AUTOATTACK} ({' + '.join(map(str, subset))} only)" if subset else _AUTOATTACK
     if "pgd" in low:  # PGD and APGD (pgd-linf, apgd-ce, ta:PGD, ta:APGD, fb:LinfPGD, ...)
         steps = attack_steps(name, params)
         if steps is not None and steps >= STRONG_STEPS:
             return f"{name}, {steps} steps"
     return None
+
+
+def strength_tag(why: str | None) -> str:
+    """The short tag the report puts beside an attack's name from :func:`attack_strength`'s answer:
+    "weak", "strong", or for a subset of AutoAttack "strong; apgd-ce + apgd-t only" (strong, but not
+    the standard evaluation: the tag says which part ran)."""
+    if not why:
+        return "weak"
+    prefix = f"{_AUTOATTACK} ("
+    return f"strong; {why[len(prefix):-1]}" if why.startswith(prefix) and why.endswith(")") else "strong"
 
 
 def family_rank(name: str, params: dict[str, Any] | None = None) -> int:

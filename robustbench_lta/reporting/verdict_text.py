@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ..plugins.strength import STRONG_STEPS
+from ..plugins.strength import STRONG_STEPS, strength_tag
 from .load import EPS_TOL, NORM_NAMES, eps_label
 from .unbounded import unbounded_text
 
@@ -77,11 +77,7 @@ def _norm_intro(norm: str, nv: dict[str, Any]) -> str:
     for m, st in sorted(nv["strength"].items()):
         if st.get("strongest"):
             a, r = st["strongest"]
-            why = st.get("strong", {}).get(a)
-            # a subset of AutoAttack is strong but not the standard evaluation: say which part ran
-            tag = "weak" if not why else f"strong; {why[why.index('(') + 1:-1]}" if why.startswith(
-                "AutoAttack (") else "strong"
-            strongest[m] = (f"{a} ({tag})", r)
+            strongest[m] = (f"{a} ({strength_tag(st.get('strong', {}).get(a))})", r)
     names = {t for t, _r in strongest.values()}
     if len(names) == 1 and len(strongest) > 1:  # the same attack for every model: named once
         everyone = "both models" if len(strongest) == 2 else f"all {len(strongest)} models"
