@@ -216,16 +216,19 @@ def sweep_config(recipe: Recipe, args: argparse.Namespace, data_name: str) -> ob
         {"name": "fgsm"},
         {"name": "pgd-linf", "label": f"pgd{recipe.attack_steps}", "params": steps, "eps": pgd_eps},
         {"name": "apgd-ce", "params": {"steps": max(recipe.attack_steps, 2)}, "eps": pgd_eps},
-        {"name": "square", "params": {"n_queries": recipe.square_queries}, "eps": [recipe.eps[-1]]},
-        *([{"name": "autoattack", "eps": list(recipe.autoattack_eps)}] if recipe.autoattack_eps else []),
         {"name": "pgd-attn-js", "params": steps, "eps": pgd_eps},
         {"name": "attn-hijack", "params": steps, "eps": pgd_eps},
+        # the dearest white-box attack last of its cost class: it sees only what the others left
+        *([{"name": "autoattack", "eps": list(recipe.autoattack_eps)}] if recipe.autoattack_eps else []),
+        {"name": "square", "params": {"n_queries": recipe.square_queries}, "eps": [recipe.eps[-1]]},
     ]
     return validate(SweepConfig, {
         "models": [{"source": str(run), "name": f"{fam.label}@seed{seed}"} for fam, seed, run in runs],
         "attacks": attacks, "eps": list(recipe.eps), "eps_scale": 255, "n": recipe.n,
         "data": {"name": data_name}, "batch_size": recipe.sweep_batch, "seed": 0,
-        "accounting": "worst-case", "device": recipe.device, "amp": "off", "compile": recipe.compile,
+        # cascade: at each budget FGSM, then PGD/APGD and the attention attacks, then Square and
+        # AutoAttack, each on what the earlier left (the worst case is the full mode's; issue 23)
+        "accounting": "cascade", "device": recipe.device, "amp": "off", "compile": recipe.compile,
         "threads": args.threads, "out": str(args.results),
     }, f"study recipe {recipe.name}")
 
