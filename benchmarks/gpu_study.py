@@ -36,6 +36,16 @@ KEEP = ("study_networks.csv", "study_verdict.csv", "study_family_curves.csv", "s
         "study_timings.json", "summary.csv", "study.pdf")
 
 
+def unpack_once(src: Path, dest: Path) -> Path:
+    """The carried archives unpacked into ``dest``, unless an earlier call finished doing so."""
+    done = dest / ".unpacked"
+    if not done.is_file():
+        shutil.rmtree(dest, ignore_errors=True)  # a half-unpacked folder from an interrupted call
+        unpack_cifar10(src, dest)
+        done.touch()
+    return dest
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", default=bool(os.environ.get("QUICK")),
@@ -57,10 +67,14 @@ def main(argv: list[str] | None = None) -> int:
         target = Path(tmp) / "site"
         inst = install(Path(args.wheels), target)
         print(f"installed {len(inst['wheels'])} wheels + robustbench_lta ({inst['seconds']} s)", flush=True)
+        # the data at a path that outlives this call: a run's card names its dataset, and the resumed
+        # runs refuse another name (a temporary folder each call made "run it again" fail)
+        data_dir = runs / "_data"
+        data_dir.mkdir(parents=True, exist_ok=True)
         if args.quick:
-            data = f"npz:{synthetic_npz(Path(tmp) / 'synthetic.npz', 256, 128)}"
+            data = f"npz:{synthetic_npz(data_dir / 'synthetic.npz', 256, 128)}"
         else:
-            data = f"imagefolder:{unpack_cifar10(Path(args.data), Path(tmp) / 'cifar10')}"
+            data = f"imagefolder:{unpack_once(Path(args.data), data_dir / 'cifar10')}"
         cmd = [sys.executable, str(REPO / "benchmarks" / "study.py"), "--recipe",
                "rehearsal" if args.quick else "gpu", "--data", data, "--runs", str(runs),
                "--results", str(results)]
