@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -99,12 +102,27 @@ def test_every_recipe_builds_a_valid_config_for_every_family(tmp_path) -> None:
             assert cfg.lr_schedule == "onecycle" and cfg.val_fraction > 0
             assert cfg.out == str(tmp_path / fam.label / "seed0")
     labels = {f.label for f in study.STUDY_FAMILIES}
+    # the sweep: every recipe's attacks validate (plugins' parameters included), cascade accounting,
+    # AutoAttack after the other white-box attacks, as the recipe's subset where it names one
+    run = tmp_path / "vgg16" / "seed0"
+    run.mkdir(parents=True)
+    (run / "best.json").write_text(json.dumps({"clean_test_accuracy": 0.8}))
+    for recipe in study.RECIPES.values():
+        args = argparse.Namespace(families=[study.FAMILIES[0]], runs=tmp_path, threads=1,
+                                  results=tmp_path / "results")
+        cfg = study.sweep_config(replace(recipe, seeds=(0,)), args, "cluttered-digits")
+        names = [a.name for a in cfg.attacks]
+        assert cfg.accounting == "cascade" and names[0] == "fgsm" and names[-1] == "square"
+        aa = [a for a in cfg.attacks if a.name == "autoattack"]
+        assert len(aa) == (1 if recipe.autoattack_eps else 0)
+        if aa:
+            assert names.index("autoattack") > names.index("attn-hijack")
+            assert aa[0].params.get("attacks") == (list(recipe.autoattack_attacks)
+                                                   if recipe.autoattack_attacks else None)
     assert {a for pair in study.COMPARISONS for a in pair} <= labels and len(study.STUDY_FAMILIES) == 6
 
 
 def test_study_counts_a_run_finished_only_once_tested(tmp_path) -> None:
-    import json
-
     study = _study()
     run = tmp_path / "seed0"
     run.mkdir()
