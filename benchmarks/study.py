@@ -117,7 +117,10 @@ RECIPES = {
                   # FAB-T and Square's 5,000 queries are 3/4 of AutoAttack's cost on a robust sample
                   # (docs/study.md, section 2): on 2 cores the adversarially trained networks' AutoAttack
                   # at three budgets on 1,000 images is the two APGD attacks
-                  autoattack_attacks=("apgd-ce", "apgd-t")),
+                  autoattack_attacks=("apgd-ce", "apgd-t"),
+                  # float32 on every machine: sittings may land on CPUs where `auto` picks differently
+                  # (bf16 2.45x with AMX, 0.8-1x here), and a family must not mix precisions
+                  amp="off"),
     # one H200, bf16 autocast, compiled, large batches: a reduced study (width 0.5, 1 seed per family)
     "gpu": Recipe("gpu", width=0.5, epochs=10, adv_epochs=10, batch_size=512, lr=0.2,
                   label_smoothing=0.1, n_train=None, seeds=(0,), n=1000,

@@ -110,6 +110,7 @@ def cuda_has_native_bf16(capability: tuple[int, int] | None = None) -> bool:
 
 #: ``auto`` takes bf16 on a CPU only when a measured step is at least this much faster than float32
 CPU_BF16_MIN_SPEEDUP = 1.15
+_SPEEDUP_ROUNDS = 5
 
 
 @functools.lru_cache(maxsize=8)
@@ -118,7 +119,7 @@ def cpu_bf16_speedup(threads: int | None = None) -> float:
 
     Why measure: the flags do not predict it. ``vgg16_att3_concat_pc`` width 0.25 trains 2.45x faster
     in bf16 on an Intel CPU with AMX and 1.75x on AMD Zen 4 (AVX512-BF16), but 0.8x (slower) on an
-    Intel CPU that reports AVX512-BF16 without AMX (docs/training.md). About 0.3 s, once per process
+    Intel CPU that reports AVX512-BF16 without AMX (docs/training.md). Under a second, once per process
     and thread count (``threads`` is only the cache key: torch's current setting is what runs).
     """
     import time
@@ -132,17 +133,24 @@ def cpu_bf16_speedup(threads: int | None = None) -> float:
         block = block.to(memory_format=torch.channels_last)
         x = torch.rand(32, 32, 16, 16).contiguous(memory_format=torch.channels_last)
 
-    def best_of(dtype: torch.dtype | None, reps: int = 3) -> float:
-        times = []
-        for _ in range(reps + 1):  # the first run warms oneDNN's kernel cache up
-            t0 = time.perf_counter()
+    def step_seconds(dtype: torch.dtype | None, steps: int = 2) -> float:
+        t0 = time.perf_counter()
+        for _ in range(steps):
             with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
                 out = block(x).float().sum()
             out.backward()
-            times.append(time.perf_counter() - t0)
-        return min(times[1:])
+        return time.perf_counter() - t0
 
-    return best_of(None) / best_of(torch.bfloat16)
+    # the two precisions interleaved, the fastest round of each kept: another job on the machine only
+    # adds time, so a burst of it cannot land on one precision alone (measured back to back, a loaded
+    # machine once read 10.3x here and picked bf16 on a CPU where it runs at 0.8-1x)
+    step_seconds(None)
+    step_seconds(torch.bfloat16)  # warm-up: oneDNN builds its kernels on first use
+    f32, bf16 = [], []
+    for _ in range(_SPEEDUP_ROUNDS):
+        f32.append(step_seconds(None))
+        bf16.append(step_seconds(torch.bfloat16))
+    return min(f32) / min(bf16)
 
 
 def native_bf16(device: torch.device | str) -> bool:
@@ -182,15 +190,28 @@ def amp_dtype(
     raise ValueError(f"unknown amp setting {amp!r}: use off, auto, bf16 or fp16")
 
 
+_PRECISION_NAMES = {None: "float32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}
+
+
 def precision_name(dtype: torch.dtype | None) -> str:
     """How a card or a log line names the precision: ``float32``, ``bf16 autocast``, ``fp16 autocast``."""
-    return {None: "float32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[dtype]
+    return _PRECISION_NAMES[dtype]
 
 
-def amp_note(amp: str, device: torch.device | str) -> str:
+def precision_dtype(name: str) -> torch.dtype | None:
+    """The autocast dtype a :func:`precision_name` names (None: float32)."""
+    for dtype, known in _PRECISION_NAMES.items():
+        if known == name:
+            return dtype
+    raise ValueError(f"unknown precision {name!r}: one of {', '.join(_PRECISION_NAMES.values())}")
+
+
+def amp_note(amp: str, device: torch.device | str, kept: str | None = None) -> str:
     """Why ``amp`` ran as it did on ``device``, for the card: e.g. ``auto: float32 (bf16 measured 0.74x
-    float32 on this CPU)``."""
+    float32 on this CPU)``; ``kept``: the precision a resumed run kept from its first sitting."""
     dev = torch.device(device)
+    if kept is not None:
+        return f"{amp}: {kept} (decided when the run started; a resumed run keeps its precision)"
     chosen = precision_name(amp_dtype(amp, dev))
     if amp == "auto" and dev.type == "cpu" and cpu_has_native_bf16():
         speedup = cpu_bf16_speedup(torch.get_num_threads())

@@ -263,6 +263,27 @@ def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
         train(_resume_config(tmp_path / "split", 3).model_copy(update={"lr": 0.1}), progress=False)
 
 
+def test_resumed_auto_run_keeps_its_first_precision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`amp: auto` decides once per run: a resumed sitting that measures otherwise (a busy machine)
+    keeps what the first sitting chose; history.csv names each epoch's precision."""
+    from robustbench_lta import devices
+
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda *a: True)
+    monkeypatch.setattr(devices, "cpu_bf16_speedup", lambda *a: 1.0)  # the first sitting: float32
+    cfg = _resume_config(tmp_path / "run", 1).model_copy(update={"amp": "auto"})
+    train(cfg, progress=False)
+    monkeypatch.setattr(devices, "cpu_bf16_speedup", lambda *a: 10.3)  # a later, busier measurement
+    resumed = train(cfg.model_copy(update={"epochs": 2}), progress=False)
+    assert resumed.precision == "float32"
+    rows = list(csv.DictReader((tmp_path / "run" / "history.csv").open()))
+    assert [r["precision"] for r in rows] == ["float32", "float32"]
+    card = read_card(resumed.last_path)
+    assert card["precision"] == "float32" and "a resumed run keeps its precision" in card["amp"]
+    # a fresh run on the same machine takes the new measurement
+    fresh = train(_resume_config(tmp_path / "fresh", 1).model_copy(update={"amp": "auto"}), progress=False)
+    assert fresh.precision == "bf16 autocast"
+
+
 def test_keyboard_interrupt_leaves_last_intact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = _resume_config(tmp_path / "run", 2)
     calls = {"n": 0}

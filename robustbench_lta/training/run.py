@@ -22,7 +22,7 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..data.registry import ImageDataset
-from ..devices import amp_dtype
+from ..devices import amp_dtype, precision_dtype
 from ..errors import UserError
 from ..models.registry import create_model
 from ..utils import derive_seed
@@ -82,6 +82,7 @@ class Run:
     ddp: distributed.DistContext | None
     adversarial: AdversarialLoss | None
     progress: bool
+    kept_precision: str | None = None  # `amp: auto` on resume: the first sitting's decision, kept
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
@@ -94,7 +95,8 @@ class Run:
 
 
 def setup_run(config: TrainConfig, progress: bool, device: torch.device, out_dir: Path,
-           train_ds: ImageDataset) -> Run:
+           train_ds: ImageDataset, kept_precision: str | None = None) -> Run:
+    """``kept_precision``: what a resumed run's earlier epochs ran in (its trainer state)."""
     model = build_model(config, train_ds)
     # NHWC convolutions: faster with oneDNN on CPU (bf16 above all) and with cuDNN on CUDA
     channels_last = config.channels_last and device.type in ("cuda", "cpu")
@@ -111,7 +113,7 @@ def setup_run(config: TrainConfig, progress: bool, device: torch.device, out_dir
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay, nesterov=False)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(steps_per_epoch, config))
-    dtype = training_amp_dtype(config, device)
+    dtype = training_amp_dtype(config, device, kept_precision)
     adv = config.adversarial
     return Run(
         config=config, device=device, out_dir=out_dir, model=model, step_model=model, optimizer=optimizer,
@@ -120,12 +122,18 @@ def setup_run(config: TrainConfig, progress: bool, device: torch.device, out_dir
         amp_dtype=dtype, channels_last=channels_last, n=n, batch_size=bs, steps_per_epoch=steps_per_epoch,
         ddp=ddp, progress=progress,
         adversarial=AdversarialLoss(adv, config.label_smoothing, dtype) if adv.enabled else None,
+        kept_precision=kept_precision if config.amp == "auto" else None,
     )
 
 
-def training_amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+def training_amp_dtype(config: TrainConfig, device: torch.device,
+                       kept_precision: str | None = None) -> torch.dtype | None:
     # bf16 for `auto` only where it is native (CUDA Ampere+, AMX/AVX512-BF16 CPUs): emulated bf16 is
     # slower than float32, and is_bf16_supported() also counts emulation
+    if config.amp == "auto" and kept_precision is not None:
+        # `auto` decides once per run: a resumed run re-measuring on a busier machine could switch
+        # precision between epochs (it did: float32 epochs 1-2, bf16 3-8)
+        return precision_dtype(kept_precision)
     dtype = amp_dtype(config.amp, device)
     if config.amp == "fp16" and dtype is None:
         import warnings

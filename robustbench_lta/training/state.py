@@ -30,10 +30,11 @@ STATE_FORMAT_VERSION = 1
 #: history.csv's columns. robust_val_acc / fgsm_val_acc / collapsed: adversarial training only
 #: (validation accuracy under the training threat model's PGD and FGSM; catastrophic overfitting).
 #: seconds: the epoch's wall clock (training and validation); cpu_seconds: the process's CPU time over
-#: the same span, all threads, which a paused process (SIGSTOP) or a busy machine does not inflate.
+#: the same span, all threads, which a paused process (SIGSTOP) or a busy machine does not inflate;
+#: precision: what the epoch's steps ran in (devices.precision_name).
 HISTORY_COLUMNS = (
     "epoch", "lr", "train_loss", "train_acc", "val_acc", "robust_val_acc", "fgsm_val_acc", "collapsed",
-    "images_per_s", "seconds", "cpu_seconds",
+    "images_per_s", "seconds", "cpu_seconds", "precision",
 )
 #: Config keys that may change between an interrupted run and its resumption.
 RESUMABLE_CHANGES = frozenset(

@@ -195,7 +195,10 @@ def _train(
     val_ds: ImageDataset | None,
     selection: dict[str, Any],
 ) -> TrainResult:
-    run = setup_run(config, progress, device, out_dir, train_ds)
+    state0 = saved[0] if saved is not None else {}
+    # a resumed run keeps the precision its first sitting chose (on the same kind of device)
+    kept = state0.get("precision") if state0.get("device_type") == device.type else None
+    run = setup_run(config, progress, device, out_dir, train_ds, kept)
     selection = _selection_rule(config, selection, val_ds)
     start_epoch, best_acc, best_epoch, history, last_acc = 0, -1.0, 0, [], float("nan")
     tested: dict[str, Any] = {}  # {"epoch": e, "acc": a, "times": k}: the one test measurement
@@ -229,6 +232,7 @@ def _train(
                 last_acc = row["val_acc"]
             row["seconds"] = round(time.perf_counter() - row.pop("t0"), 3)
             row["cpu_seconds"] = round(time.process_time() - row.pop("cpu0"), 3)
+            row["precision"] = precision_name(run.amp_dtype)
             history.append(row)
             value = _selection_value(run, row)
             # without a validation split nothing is selected: best follows the last epoch
@@ -237,7 +241,8 @@ def _train(
                 best_acc, best_epoch = (math.nan if value is None else value), epoch
             _save_epoch(run, epoch, improved, card_base, selection, row, last_acc, history,
                         {"best_acc": best_acc, "best_epoch": best_epoch, "last_acc": last_acc,
-                         "history": history, "tested": tested})
+                         "history": history, "tested": tested,
+                         "precision": precision_name(run.amp_dtype), "device_type": run.device.type})
             _log_epoch(run, row)
     except KeyboardInterrupt:
         print(f"\ninterrupted in epoch {epoch}: {out_dir / 'last.safetensors'} holds epoch {epoch - 1}; "
@@ -404,7 +409,7 @@ def _card_base(
         "seed": config.seed,
         "device": device_description(device),
         "precision": precision_name(run.amp_dtype),
-        "amp": amp_note(config.amp, device),
+        "amp": amp_note(config.amp, device, run.kept_precision),
         "channels_last": run.channels_last,
         # the training threat model: what robustness this network was trained for (report page 1)
         "threat_model": {"label": config.adversarial.label(), **config.adversarial.model_dump(mode="json"),
