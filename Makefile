@@ -11,7 +11,7 @@ ZOO_STAMP := $(VENV)/.installed-zoo
 # on x86_64 (a minute of a 3-minute install on 2 cores); Python compiles what it imports on first use
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "pip>=23"  # editable installs from pyproject alone; no index call when met
 	$(BIN)/pip install --quiet --no-compile -e ".[autoattack]"
 	touch $(STAMP)
 

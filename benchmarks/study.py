@@ -106,6 +106,9 @@ class Recipe:
     # N-FGSM, not FGSM-RS: FGSM-RS put vgg16_att3_concat_pc w0.125 into catastrophic overfitting at
     # epoch 3 of 8 (docs/study.md); N-FGSM costs the same two passes per batch
     adv_method: str = "n-fgsm"
+    # one-cycle peak for adversarial training (None: lr). N-FGSM at lr 0.1 put vgg16_matched w0.125
+    # into catastrophic overfitting at epoch 3 (lr 0.094; docs/study.md, section 4)
+    adv_lr: float | None = None
 
 
 RECIPES = {
@@ -122,13 +125,13 @@ RECIPES = {
                   autoattack_attacks=("apgd-ce", "apgd-t"),
                   # float32 on every machine: sittings may land on CPUs where `auto` picks differently
                   # (bf16 2.45x with AMX, 0.8-1x here), and a family must not mix precisions
-                  amp="off"),
+                  amp="off", adv_lr=0.05),
     # one H200, bf16 autocast, compiled, large batches: a reduced study (width 0.5, 1 seed per family)
     "gpu": Recipe("gpu", width=0.5, epochs=10, adv_epochs=10, batch_size=512, lr=0.2,
                   label_smoothing=0.1, n_train=None, seeds=(0,), n=1000,
                   eps=(0, 1, 2, 3, 4, 5, 6, 7, 8), pgd_eps=(1, 2, 4, 8), autoattack_eps=(8,),
                   attack_steps=50, square_queries=1000, sweep_batch=1000, amp="bf16", compile=True,
-                  device="cuda"),
+                  device="cuda", adv_lr=0.1),
     # the GPU command's code path at a size CI runs on CPU in about a minute
     "rehearsal": Recipe("rehearsal", width=0.0625, epochs=1, adv_epochs=1, batch_size=64, lr=0.05,
                         label_smoothing=0.1, n_train=256, seeds=(0,), n=32, eps=(0, 2, 8),
@@ -149,7 +152,8 @@ def train_config(recipe: Recipe, family: Family, seed: int, data_name: str, runs
         "model": {"name": family.model, "width": recipe.width},
         "data": {"name": data_name, "n_train": recipe.n_train, "n_test": recipe.n_test},
         "augment": {"flip": True, "crop_padding": 4}, "epochs": epochs, "batch_size": recipe.batch_size,
-        "lr": recipe.lr, "lr_schedule": "onecycle", "momentum": 0.9, "weight_decay": 5e-4,
+        "lr": recipe.adv_lr if family.adversarial and recipe.adv_lr else recipe.lr,
+        "lr_schedule": "onecycle", "momentum": 0.9, "weight_decay": 5e-4,
         # label smoothing softens the clean loss only: adversarial training keeps plain cross-entropy
         "label_smoothing": 0.0 if family.adversarial else recipe.label_smoothing,
         "seed": seed, "family": family.label, "device": recipe.device, "amp": recipe.amp,

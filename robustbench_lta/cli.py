@@ -534,35 +534,18 @@ def report_cmd(results: tuple[str, ...], out: str, title: str | None, force: boo
 @_THREADS_OPTION
 def demo_cmd(skip_train: bool, quick: bool, threads: int | None) -> None:
     """Train a baseline and an attention model on cluttered-digits, sweep them, write reports/demo.pdf."""
-    from .config import SweepConfig, TrainConfig, apply_threads, load_config
-    from .engine.executors import run_with_executor
-    from .reporting.pdf import build_report
-    from .training.trainer import train
+    from .config import apply_threads
+    from .demo import run_demo
 
-    root = Path.cwd()
-    train_cfgs = [root / "configs/train/demo_vgg16.yaml",
-                  root / "configs/train/demo_vgg16_att3_concat_pc.yaml"]
-    sweep_path = root / "configs/sweeps/demo.yaml"
-    for p in [*train_cfgs, sweep_path]:
-        if not p.is_file():
-            raise UserError(f"{p} not found: run the demo from the repository root")
     threads = apply_threads(threads)
     click.echo(f"demo: {threads} CPU thread(s) (--threads to change)", err=True)
-    if not skip_train:
-        for path in train_cfgs:
-            result = train(load_config(TrainConfig, path, [f"threads={threads}"]))
-            click.echo(f"{path.name}: test accuracy {result.test_acc:.2%} (chosen epoch {result.best_epoch})")
-    # the demo owns its results folder: a quick run may replace a full one and vice versa
-    overrides = ["replace=true", f"threads={threads}"] + (
-        ["n=200", "attacks=[{name: fgsm}, {name: pgd-linf}]"] if quick else [])
-    cfg = load_config(SweepConfig, sweep_path, overrides)
-    summary = run_with_executor(cfg, progress=True)
-    _print_summary(summary)
-    res = build_report([Path(cfg.out or "results/demo")], root / "reports/demo.pdf",
-                       title="robustbench-lta demo: VGG-16 vs VGG-16 + attention on cluttered digits")
+    res = run_demo(Path.cwd(), threads, skip_train=skip_train, quick=quick)
+    for t in res.trained:
+        click.echo(f"{t.config.name}: test accuracy {t.test_acc:.2%} (chosen epoch {t.best_epoch})")
+    _print_summary(res.summary)
     click.echo(f"report: {res.pdf}")
-    _warn_sanity(summary)
-    raise_if_cells_not_ok(summary)
+    _warn_sanity(res.summary)
+    raise_if_cells_not_ok(res.summary)
 
 
 # ------------------------------------------------------------------------------------- entry
