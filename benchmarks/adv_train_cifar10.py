@@ -58,6 +58,7 @@ def train_one(args: argparse.Namespace, root: Path, name: str, adversarial: bool
         "momentum": 0.9, "weight_decay": 5e-4, "seed": args.seed, "device": "cpu", "amp": args.amp,
         "val_fraction": args.val_fraction, "out": str(args.out / tag),
         "adversarial": {"method": args.method if adversarial else "none", "eps": args.eps,
+                        "steps": args.steps, "step_size": args.step_size,
                         "eval_every": 1, "eval_n": args.n_val_robust, "eval_steps": 10},
     }, source="benchmark options")
     t0 = time.perf_counter()
@@ -114,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="*", default=["vgg16"], help="models to train (none: only --also)")
     p.add_argument("--width", type=float, default=0.25)
     p.add_argument("--method", default="fgsm-rs", choices=["fgsm-rs", "n-fgsm", "pgd", "trades"])
+    p.add_argument("--steps", type=int, default=10, help="attack steps per batch (pgd, trades)")
+    p.add_argument("--step-size", type=float, default=None,
+                   help="/255 units (default: pgd and trades 0.25 eps, fgsm-rs 1.25 eps, n-fgsm eps)")
     p.add_argument("--eps", type=float, default=8.0, help="training budget in /255 units")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--n-train", type=int, default=None, help="first N training images (default all 50,000)")
