@@ -3,7 +3,7 @@
 A benchmark script, not a test. Six families, three seeds each (``--recipe`` sets the scale):
 
     vgg16, vgg16_matched, vgg16_att2_concat_pc, vgg16_att3_concat_pc        standard training
-    vgg16_matched_at, vgg16_att3_concat_pc_at                               N-FGSM at Linf 8/255
+    vgg16_matched_at, vgg16_att3_concat_pc_at                               PGD-2 at Linf 8/255
 
 Stages (``--stages``, each timed into ``<results>/study_timings.json``):
 
@@ -103,12 +103,12 @@ class Recipe:
     # AutoAttack's attacks (None: the standard version's four). A subset runs with the standard
     # settings on what the cheaper attacks left; docs/study.md says what it costs and misses
     autoattack_attacks: tuple[str, ...] | None = None
-    # N-FGSM, not FGSM-RS: FGSM-RS put vgg16_att3_concat_pc w0.125 into catastrophic overfitting at
-    # epoch 3 of 8 (docs/study.md); N-FGSM costs the same two passes per batch
-    adv_method: str = "n-fgsm"
-    # one-cycle peak for adversarial training (None: lr). N-FGSM at lr 0.1 put vgg16_matched w0.125
-    # into catastrophic overfitting at epoch 3 (lr 0.094; docs/study.md, section 4)
-    adv_lr: float | None = None
+    # two-step PGD (Madry et al. 2018 with 2 steps of eps/2 from a random start), 3 passes per batch:
+    # the single-step methods put a network of the study into catastrophic overfitting at epoch 3 of
+    # 8 (FGSM-RS: vgg16_att3_concat_pc; N-FGSM at peak lr 0.1 and at 0.05: vgg16_matched; docs/study.md)
+    adv_method: str = "pgd"
+    adv_steps: int = 2
+    adv_step_size: float = 4.0     # /255
 
 
 RECIPES = {
@@ -125,13 +125,13 @@ RECIPES = {
                   autoattack_attacks=("apgd-ce", "apgd-t"),
                   # float32 on every machine: sittings may land on CPUs where `auto` picks differently
                   # (bf16 2.45x with AMX, 0.8-1x here), and a family must not mix precisions
-                  amp="off", adv_lr=0.05),
+                  amp="off"),
     # one H200, bf16 autocast, compiled, large batches: a reduced study (width 0.5, 1 seed per family)
     "gpu": Recipe("gpu", width=0.5, epochs=10, adv_epochs=10, batch_size=512, lr=0.2,
                   label_smoothing=0.1, n_train=None, seeds=(0,), n=1000,
                   eps=(0, 1, 2, 3, 4, 5, 6, 7, 8), pgd_eps=(1, 2, 4, 8), autoattack_eps=(8,),
                   attack_steps=50, square_queries=1000, sweep_batch=1000, amp="bf16", compile=True,
-                  device="cuda", adv_lr=0.1),
+                  device="cuda"),
     # the GPU command's code path at a size CI runs on CPU in about a minute
     "rehearsal": Recipe("rehearsal", width=0.0625, epochs=1, adv_epochs=1, batch_size=64, lr=0.05,
                         label_smoothing=0.1, n_train=256, seeds=(0,), n=32, eps=(0, 2, 8),
@@ -146,14 +146,14 @@ def train_config(recipe: Recipe, family: Family, seed: int, data_name: str, runs
     from robustbench_lta.config import TrainConfig, validate
 
     epochs = family_epochs(recipe, family)
-    adversarial = ({"method": recipe.adv_method, "norm": "linf", "eps": 8, "eval_every": 1, "eval_n": 500,
+    adversarial = ({"method": recipe.adv_method, "norm": "linf", "eps": 8, "steps": recipe.adv_steps,
+                    "step_size": recipe.adv_step_size, "eval_every": 1, "eval_n": 500,
                     "eval_steps": 10} if family.adversarial else {"method": "none"})
     return validate(TrainConfig, {
         "model": {"name": family.model, "width": recipe.width},
         "data": {"name": data_name, "n_train": recipe.n_train, "n_test": recipe.n_test},
         "augment": {"flip": True, "crop_padding": 4}, "epochs": epochs, "batch_size": recipe.batch_size,
-        "lr": recipe.adv_lr if family.adversarial and recipe.adv_lr else recipe.lr,
-        "lr_schedule": "onecycle", "momentum": 0.9, "weight_decay": 5e-4,
+        "lr": recipe.lr, "lr_schedule": "onecycle", "momentum": 0.9, "weight_decay": 5e-4,
         # label smoothing softens the clean loss only: adversarial training keeps plain cross-entropy
         "label_smoothing": 0.0 if family.adversarial else recipe.label_smoothing,
         "seed": seed, "family": family.label, "device": recipe.device, "amp": recipe.amp,

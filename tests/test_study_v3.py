@@ -100,8 +100,9 @@ def test_every_recipe_builds_a_valid_config_for_every_family(tmp_path) -> None:
             assert cfg.adversarial.method == (recipe.adv_method if fam.adversarial else "none")
             assert cfg.epochs == (recipe.adv_epochs if fam.adversarial else recipe.epochs) * fam.epoch_factor
             assert cfg.lr_schedule == "onecycle" and cfg.val_fraction > 0
-            # adversarial runs peak lower where the recipe says so (catastrophic overfitting at 0.1)
-            assert cfg.lr == (recipe.adv_lr or recipe.lr if fam.adversarial else recipe.lr)
+            if fam.adversarial:  # the training attack as the recipe gives it (steps, step in /255)
+                assert cfg.adversarial.train_steps == recipe.adv_steps
+                assert cfg.adversarial.step01 == recipe.adv_step_size / 255
             assert cfg.out == str(tmp_path / fam.label / "seed0")
     labels = {f.label for f in study.STUDY_FAMILIES}
     # the sweep: every recipe's attacks validate (plugins' parameters included), cascade accounting,
