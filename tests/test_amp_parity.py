@@ -90,3 +90,25 @@ def test_amp_applies_to_bounded_gradient_attacks_only(tmp_path, monkeypatch) -> 
     pgd, square = build_attack_plans(cfg)
     assert cell_key({}, {}, pgd, 0, "worst-case", amp="bf16") != cell_key({}, {}, pgd, 0, "worst-case")
     assert cell_key({}, {}, square, 0, "worst-case", amp="bf16") == cell_key({}, {}, square, 0, "worst-case")
+
+
+def test_amp_auto_is_keyed_by_the_precision_it_resolves_to(trained_checkpoints, tmp_path,
+                                                            monkeypatch) -> None:
+    """A sweep with amp: auto resumed on another processor must not count float32 and bf16 units as one
+    cell: its cells are keyed by what auto resolves to, so they match amp: off where bf16 is not faster
+    and amp: bf16 where it is."""
+    from robustbench_lta import devices
+
+    def counts(amp: str, out: str) -> dict:
+        summary = run_sweep({"m": str(trained_checkpoints["smallcnn"])}, ["pgd-linf:steps=2"], [8 / 255],
+                            data="cluttered-digits", n=32, out=tmp_path / out, progress=False,
+                            sanity_samples=0, attention_samples=0, amp=amp)
+        return summary.attrs["counts"]
+
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda *a: False)
+    assert counts("off", "a")["units_run"] == 1
+    assert counts("auto", "a") == {**counts("off", "a"), "units_run": 0, "units_reused": 1}  # float32 here
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda *a: True)
+    monkeypatch.setattr(devices, "cpu_bf16_speedup", lambda *a: 2.0)
+    assert counts("auto", "a")["units_run"] == 1  # now bf16: the float32 units are not reused
+    assert counts("bf16", "a")["units_run"] == 0  # and an explicit bf16 sweep finds them

@@ -43,7 +43,8 @@ def test_runs_side_by_side_match_the_same_runs_alone(tmp_path: Path) -> None:
 
 def test_a_failing_run_raises_its_own_error_after_the_other_finishes(tmp_path: Path) -> None:
     good = _config(tmp_path / "good")
-    bad = _config(tmp_path / "bad").model_copy(update={"model": good.model.model_copy(update={"name": "vgg17"})})
+    vgg17 = good.model.model_copy(update={"name": "vgg17"})
+    bad = _config(tmp_path / "bad").model_copy(update={"model": vgg17})
     with pytest.raises(UserError, match="vgg17"):
         train_concurrently([good, bad], threads=2, progress=False)
     assert (tmp_path / "good" / "best.json").is_file()  # the other run was not cut off
@@ -63,7 +64,8 @@ def test_the_demo_sweeps_the_baseline_while_the_attention_model_trains(tmp_path:
     for path, model, run in zip(TRAIN_CONFIGS, ("vgg16", "vgg16_att3_concat_pc"), runs.values(), strict=True):
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text(
-            f"model: {{name: {model}, width: 0.0625}}\ndata: {{name: cluttered-digits, n_train: 200, n_test: 50}}\n"
+            f"model: {{name: {model}, width: 0.0625}}\n"
+            "data: {name: cluttered-digits, n_train: 200, n_test: 50}\n"
             f"epochs: 1\nbatch_size: 50\nlr: 0.05\nseed: 0\ndevice: cpu\nout: {run}\n")
     (tmp_path / SWEEP_CONFIG).parent.mkdir(parents=True, exist_ok=True)
     (tmp_path / SWEEP_CONFIG).write_text(

@@ -187,6 +187,18 @@ def amp_dtype(device: torch.device, amp: str) -> torch.dtype | None:
     return devices.amp_dtype(amp, device)
 
 
+_AMP_KEYS = {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def amp_key(device: torch.device, amp: str) -> str:
+    """The precision the attacks will really run in on ``device``, as a cell key names it.
+
+    ``auto`` keys as what it resolves to (``off`` on a CPU where bf16 is not faster, ``bf16`` where it
+    is): a sweep resumed on another machine must not count float32 and bf16 units as one cell.
+    """
+    return _AMP_KEYS[amp_dtype(device, amp)]
+
+
 # ------------------------------------------------------------------------------- torch.compile
 def _compile_applies(device: torch.device) -> bool:
     """torch.compile only on CUDA: on CPU its kernels need a C compiler and rarely pay off."""

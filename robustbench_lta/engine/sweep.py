@@ -35,6 +35,7 @@ from .inputs import SampleSource, resolve_source
 from .model_pass import ModelPassSettings, figure_attack
 from .models import LoadedModel, ModuleState, load_sweep_model
 from .plan import AttackPlan, Cell, Unit, build_attack_plans, canonical, plan_cells, plan_units, select_stored
+from .runtime import amp_key
 from .sanity import AttackTraits
 from .store import ResultStore
 from .unit import UnitSettings
@@ -73,8 +74,9 @@ class Sweep:
                    "sanity": self.cfg.sanity_samples, "attention": self.cfg.attention_samples if
                    lm.has_attention else 0, "figure": [fig.name, fig.params, list(fig.eps)] if fig else None,
                    "engine": 2}
-        if self.cfg.amp != "off":  # the amp-parity row; float32 sweeps keep their earlier keys
-            payload["amp"] = self.cfg.amp
+        amp = amp_key(self.device, self.cfg.amp)
+        if amp != "off":  # the amp-parity row; float32 sweeps keep their earlier keys
+            payload["amp"] = amp
         return hashlib.sha256(canonical(payload).encode()).hexdigest()
 
     def traits(self) -> dict[str, AttackTraits]:
@@ -110,7 +112,7 @@ def resolve(cfg: SweepConfig, *, models: Mapping[str, Any] | None = None, data: 
             state.restore(module)
         raise
     cells = plan_cells([(lm.label, lm.fingerprint) for lm in loaded], source.fingerprint, attacks, cfg.seed,
-                       cfg.accounting, cfg.amp)
+                       cfg.accounting, amp_key(device, cfg.amp))
     gmacs = {lm.label: _gmacs(lm, source) for lm in loaded}
     out = Path(cfg.out) if cfg.out else None
     if out is None:

@@ -74,6 +74,7 @@ def _check_shard(worker: Any, label: str, start: int, stop: int, expected: str |
 def _run_unit(cfg_json: dict[str, Any], model_index: int, attack_label: str, key: str, start: int, stop: int,
               data_sha256: str | None, shard_sha256: str | None) -> tuple[str, int, int, dict[str, Any]]:
     from ..plan import Unit, plan_cells
+    from ..runtime import amp_key
     from ..unit import UnitSettings
 
     state = _worker_state(cfg_json)
@@ -83,11 +84,13 @@ def _run_unit(cfg_json: dict[str, Any], model_index: int, attack_label: str, key
     _check_shard(worker, lm.label, start, stop, shard_sha256)
     # the same planning as the driver's (cascade upstream cells included), from this worker's view
     cells = plan_cells([(lm.label, lm.fingerprint)], worker.source.fingerprint,
-                       list(state["attacks"].values()), cfg.seed, cfg.accounting, cfg.amp)
+                       list(state["attacks"].values()), cfg.seed, cfg.accounting,
+                       amp_key(worker.device, cfg.amp))
     cell = next(c for c in cells if c.attack.label == attack_label)
     if cell.key != key:
-        raise UserError(f"worker sees other data or weights for {lm.label}/{attack_label} than the driver "
-                        "(check that every node has the same checkpoints and data)")
+        raise UserError(f"worker sees other data, weights or precision for {lm.label}/{attack_label} than "
+                        "the driver (check that every node has the same checkpoints and data, and with amp: "
+                        "auto the same kind of processor, or set amp explicitly)")
     settings = UnitSettings(batch_size=cfg.batch_size, seed=cfg.seed, accounting=cfg.accounting,
                             explorer_samples=cfg.explorer_samples)
     s, e, meta = worker.run_unit(lm, Unit(cell, start, stop), settings)
