@@ -43,6 +43,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from study_archive import archive_run, network_dir  # noqa: E402
+
+#: where each recipe keeps what its sittings finished (study_archive.py); None: runs/ and results/ only
+ARCHIVES = {"cpu": Path(__file__).resolve().parent / "study3"}
+
 
 @dataclass(frozen=True)
 class Family:
@@ -190,21 +195,32 @@ def finished(run: Path, epochs: int) -> bool:
     return "clean_test_accuracy" in json.loads(card.read_text())
 
 
+def network_path(args: argparse.Namespace, fam: Family, seed: int) -> Path:
+    """Where a finished network is read from: the archive (study_archive.py) if there is one."""
+    if args.archive is not None:
+        return network_dir(args.archive, fam.label, seed)
+    return args.runs / fam.label / f"seed{seed}"
+
+
 def stage_train(recipe: Recipe, args: argparse.Namespace, data_name: str) -> dict[str, float]:
     from robustbench_lta.training.trainer import train
 
     units = [(fam, seed) for seed in recipe.seeds for fam in args.families]
     for i, (fam, seed) in enumerate(units, 1):
         cfg = train_config(recipe, fam, seed, data_name, args.runs, args.threads)
-        run = Path(cfg.out)
-        if finished(run, cfg.epochs):
+        run, kept = Path(cfg.out), network_path(args, fam, seed)
+        if finished(kept, cfg.epochs):
             continue
-        print(f"  [{i}/{len(units)}] {fam.label} seed {seed}: {cfg.epochs} epochs", flush=True)
-        t0 = time.perf_counter()
-        res = train(cfg, progress=args.progress)
-        print(f"  [{i}/{len(units)}] {fam.label} seed {seed}: test accuracy {res.test_acc:.1%} "
-              f"(epoch {res.best_epoch}, {time.perf_counter() - t0:.0f} s this sitting)", flush=True)
-    return {f"{f.label}@seed{s}": {c: round(run_seconds(args.runs / f.label / f"seed{s}", c), 1)
+        if not finished(run, cfg.epochs):
+            print(f"  [{i}/{len(units)}] {fam.label} seed {seed}: {cfg.epochs} epochs", flush=True)
+            t0 = time.perf_counter()
+            res = train(cfg, progress=args.progress)
+            print(f"  [{i}/{len(units)}] {fam.label} seed {seed}: test accuracy {res.test_acc:.1%} "
+                  f"(epoch {res.best_epoch}, {time.perf_counter() - t0:.0f} s this sitting)", flush=True)
+        if kept != run:
+            print(f"  [{i}/{len(units)}] {fam.label} seed {seed}: archived in {archive_run(run, kept)}",
+                  flush=True)
+    return {f"{f.label}@seed{s}": {c: round(run_seconds(network_path(args, f, s), c), 1)
                                    for c in ("seconds", "cpu_seconds")}
             for s in recipe.seeds for f in args.families}
 
@@ -213,7 +229,7 @@ def finished_runs(recipe: Recipe, args: argparse.Namespace) -> list[tuple[Family
     out = []
     for fam in args.families:
         for seed in recipe.seeds:
-            run = args.runs / fam.label / f"seed{seed}"
+            run = network_path(args, fam, seed)
             if finished(run, family_epochs(recipe, fam)):
                 out.append((fam, seed, run))
     return out
@@ -311,8 +327,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=None, help="override the recipe's attacked test images")
     p.add_argument("--data", default=None, help="dataset name (default: the CIFAR-10 JPEGs of ../shared)")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--runs", type=Path, default=Path("runs/study3"))
-    p.add_argument("--results", type=Path, default=Path("results/study3"))
+    p.add_argument("--runs", type=Path, default=Path("runs/study3"),
+                   help="scratch folder of the runs in training (default: runs/study3)")
+    p.add_argument("--archive", default=None,
+                   help="committed folder of the finished networks and the sweep's results "
+                        "(study_archive.py; default for the cpu recipe: benchmarks/study3; 'none': "
+                        "keep everything in --runs and --results)")
+    p.add_argument("--results", type=Path, default=None,
+                   help="the sweep's results folder (default: <archive>/results, else results/study3)")
     p.add_argument("--report", type=Path, default=None, help="default: <results>/study.pdf")
     p.add_argument("--progress", action="store_true")
     args = p.parse_args(argv)
@@ -326,6 +348,14 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         sys.exit(f"error: unknown families {unknown}: choose from {', '.join(by_label)}")
     args.families = [by_label[f.strip()] for f in args.families.split(",") if f.strip()]
+    if args.archive is None:
+        args.archive = ARCHIVES.get(recipe.name)
+    elif args.archive.lower() == "none":
+        args.archive = None
+    else:
+        args.archive = Path(args.archive)
+    if args.results is None:
+        args.results = args.archive / "results" if args.archive else Path("results/study3")
     args.report = args.report or args.results / "study.pdf"
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -112,7 +113,7 @@ def test_every_recipe_builds_a_valid_config_for_every_family(tmp_path) -> None:
     (run / "best.json").write_text(json.dumps({"clean_test_accuracy": 0.8}))
     for recipe in study.RECIPES.values():
         args = argparse.Namespace(families=[study.FAMILIES[0]], runs=tmp_path, threads=1,
-                                  results=tmp_path / "results")
+                                  results=tmp_path / "results", archive=None)
         cfg = study.sweep_config(replace(recipe, seeds=(0,)), args, "cluttered-digits")
         names = [a.name for a in cfg.attacks]
         assert cfg.accounting == "cascade" and names[0] == "fgsm" and names[-1] == "square"
@@ -139,3 +140,44 @@ def test_study_counts_a_run_finished_only_once_tested(tmp_path) -> None:
     (run / "history.csv").write_text("epoch,seconds,cpu_seconds\n1,10.5,\n2,11.5,20.25\n")
     assert study.run_seconds(run) == pytest.approx(22.0)
     assert study.run_seconds(run, "cpu_seconds") == pytest.approx(20.25)
+
+
+def test_finished_networks_go_to_the_archive_and_are_not_trained_again(tmp_path, capsys) -> None:
+    """A sitting's machine keeps nothing: finished runs are copied to the committed archive, and a
+    later sitting with an empty runs/ finds them there (trains nothing, sweeps the archived weights)."""
+    study = _study()
+    archive, runs = tmp_path / "archive", tmp_path / "runs"
+    argv = ["--recipe", "rehearsal", "--data", "cluttered-digits", "--families", "vgg16", "--stages", "train",
+            "--archive", str(archive), "--runs", str(runs), "--threads", "1"]
+    assert study.main(argv) == 0
+    kept = archive / "networks" / "vgg16" / "seed0"
+    assert sorted(p.name for p in kept.iterdir()) == sorted(study_archive().ARCHIVED_FILES)
+    card = json.loads((kept / "best.json").read_text())
+    assert card["clean_test_accuracy"] is not None
+    shutil.rmtree(runs)  # the next sitting's machine
+    capsys.readouterr()
+    assert study.main(argv) == 0
+    assert "epochs" not in capsys.readouterr().out and not runs.exists()  # nothing trained again
+    args = argparse.Namespace(families=[study.FAMILIES[0]], runs=runs, threads=1, results=archive / "results",
+                              archive=archive)
+    cfg = study.sweep_config(study.RECIPES["rehearsal"], args, "cluttered-digits")
+    assert [m.source for m in cfg.models] == [str(kept)]
+
+
+def test_the_archive_refuses_weights_that_do_not_match_their_card(tmp_path) -> None:
+    from robustbench_lta.errors import UserError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.safetensors").write_bytes(b"not the weights")
+    (run / "best.json").write_text(json.dumps({"sha256": "0" * 64}))
+    with pytest.raises(UserError, match="does not match"):
+        study_archive().archive_run(run, tmp_path / "kept")
+    assert not (tmp_path / "kept" / "best.json").exists()
+
+
+def study_archive():
+    _study()
+    import study_archive as module
+
+    return module
