@@ -11,7 +11,7 @@ Two models on the first ``--n`` CIFAR-10 test images of ``../shared``:
 - ``untrained``: ``vgg16_att3_concat_pc`` width 0.125 with seeded random weights, labelled with its own
   clean predictions, so every sample is clean-correct (survivors-only evaluation saves nothing on
   the clean pass: the engine's worst case for this comparison);
-- ``trained``: a checkpoint (``--checkpoint``, default the study's standard ``vgg16`` width 0.125 if it
+- ``trained``: a checkpoint (``--checkpoint``, default the study archive's standard ``vgg16`` width 0.125 if it
   exists, else the adversarial-training benchmark's standard ``vgg16``).
 
     python benchmarks/bench_small_sweep.py --n 128 --repeats 5
@@ -48,7 +48,8 @@ from robustbench_lta.engine.api import run_sweep  # noqa: E402
 from robustbench_lta.models.registry import create_model  # noqa: E402
 from robustbench_lta.training.checkpoint import load_model  # noqa: E402
 
-DEFAULT_CHECKPOINTS = ("runs/study3/vgg16/seed0/best.safetensors",
+DEFAULT_CHECKPOINTS = ("benchmarks/study3/networks/vgg16/seed0/best.safetensors",
+                       "runs/study3/vgg16/seed0/best.safetensors",
                        "runs/adv125/vgg16_standard/best.safetensors")
 BATCH = 128
 
