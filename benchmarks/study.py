@@ -263,6 +263,9 @@ def sweep_config(recipe: Recipe, args: argparse.Namespace, data_name: str) -> ob
         # cascade: at each budget FGSM, then PGD/APGD and the attention attacks, then Square and
         # AutoAttack, each on what the earlier left (the worst case is the full mode's; issue 23)
         "accounting": "cascade", "device": recipe.device, "amp": "off", "compile": recipe.compile,
+        # the results folder is committed (study_archive.py): no per-sample explorer images (about
+        # 1 MB per network, stored twice, for the HTML report only); the attention figure data stays
+        "explorer_samples": 0,
         "threads": args.threads, "out": str(args.results),
     }, f"study recipe {recipe.name}")
 

@@ -117,6 +117,7 @@ def test_every_recipe_builds_a_valid_config_for_every_family(tmp_path) -> None:
         cfg = study.sweep_config(replace(recipe, seeds=(0,)), args, "cluttered-digits")
         names = [a.name for a in cfg.attacks]
         assert cfg.accounting == "cascade" and names[0] == "fgsm" and names[-1] == "square"
+        assert cfg.explorer_samples == 0  # the CPU recipe's results folder is committed
         aa = [a for a in cfg.attacks if a.name == "autoattack"]
         assert len(aa) == (1 if recipe.autoattack_eps else 0)
         if aa:
