@@ -37,6 +37,7 @@ import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -206,20 +207,44 @@ def stage_train(recipe: Recipe, args: argparse.Namespace, data_name: str) -> dic
     from robustbench_lta.training.trainer import train
 
     units = [(fam, seed) for seed in recipe.seeds for fam in args.families]
+    pending = []  # (position, family, seed, config, run folder, where it is kept)
     for i, (fam, seed) in enumerate(units, 1):
         cfg = train_config(recipe, fam, seed, data_name, args.runs, args.threads)
         run, kept = Path(cfg.out), network_path(args, fam, seed)
         if finished(kept, cfg.epochs):
             continue
-        if not finished(run, cfg.epochs):
+        if finished(run, cfg.epochs):  # trained before the archive had it
+            if kept != run:
+                print(f"  [{i}/{len(units)}] {fam.label} seed {seed}: archived in "
+                      f"{archive_run(run, kept)}", flush=True)
+            continue
+        pending.append((i, fam, seed, cfg, run, kept))
+    if args.jobs > 1 and len(pending) > 1:
+        from robustbench_lta.training.concurrent import train_concurrently
+
+        threads = args.threads or torch.get_num_threads()
+        print(f"  {len(pending)} runs to train, {args.jobs} at once with {max(1, threads // args.jobs)} "
+              f"thread(s) each, in this order: {', '.join(f'{f.label}@seed{s}' for _, f, s, *_ in pending)}",
+              flush=True)
+        # each run is archived in its own process as soon as it finishes, not when all have
+        then = [partial(archive_run, run, kept) if kept != run else None for *_, run, kept in pending]
+        t0 = time.perf_counter()
+        results = train_concurrently([p[3] for p in pending], threads, progress=args.progress, then=then,
+                                     jobs=args.jobs)
+        for (i, fam, seed, *_), res in zip(pending, results, strict=True):
+            print(f"  [{i}/{len(units)}] {fam.label} seed {seed}: test accuracy {res.test_acc:.1%} "
+                  f"(epoch {res.best_epoch})", flush=True)
+        print(f"  {len(pending)} runs in {time.perf_counter() - t0:.0f} s this sitting", flush=True)
+    else:
+        for i, fam, seed, cfg, run, kept in pending:
             print(f"  [{i}/{len(units)}] {fam.label} seed {seed}: {cfg.epochs} epochs", flush=True)
             t0 = time.perf_counter()
             res = train(cfg, progress=args.progress)
             print(f"  [{i}/{len(units)}] {fam.label} seed {seed}: test accuracy {res.test_acc:.1%} "
                   f"(epoch {res.best_epoch}, {time.perf_counter() - t0:.0f} s this sitting)", flush=True)
-        if kept != run:
-            print(f"  [{i}/{len(units)}] {fam.label} seed {seed}: archived in {archive_run(run, kept)}",
-                  flush=True)
+            if kept != run:
+                print(f"  [{i}/{len(units)}] {fam.label} seed {seed}: archived in "
+                      f"{archive_run(run, kept)}", flush=True)
     return {f"{f.label}@seed{s}": {c: round(run_seconds(network_path(args, f, s), c), 1)
                                    for c in ("seconds", "cpu_seconds")}
             for s in recipe.seeds for f in args.families}
@@ -330,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=None, help="override the recipe's attacked test images")
     p.add_argument("--data", default=None, help="dataset name (default: the CIFAR-10 JPEGs of ../shared)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--jobs", type=int, default=1,
+                   help="train this many runs side by side, the threads split among them (small "
+                        "models use 2 threads poorly: training/concurrent.py); default 1")
     p.add_argument("--runs", type=Path, default=Path("runs/study3"),
                    help="scratch folder of the runs in training (default: runs/study3)")
     p.add_argument("--archive", default=None,

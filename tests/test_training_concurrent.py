@@ -78,3 +78,53 @@ def test_the_demo_sweeps_the_baseline_while_the_attention_model_trains(tmp_path:
     assert counts["cells"] == 4 and counts["units_reused"] == 2 and counts["units_run"] == 2
     assert [t.config.name for t in res.trained] == ["demo_vgg16.yaml", "demo_vgg16_att3_concat_pc.yaml"]
     assert res.pdf.is_file() and set(res.summary["model"]) == {"vgg16", "vgg16_att3_concat_pc"}
+
+
+def test_at_most_jobs_runs_at_once_the_rest_queued(tmp_path: Path) -> None:
+    configs = [_config(tmp_path / name, seed=seed, epochs=1) for seed, name in enumerate("abc")]
+    results = train_concurrently(configs, threads=2, progress=False, jobs=2)
+    assert [r.out_dir.resolve() for r in results] == [(tmp_path / n).resolve() for n in "abc"]
+    for r in results:  # the queued run too: threads // jobs, not the whole machine
+        assert json.loads((r.out_dir / "best.json").read_text())["threads"] == 1
+
+
+STOPPABLE_SCRIPT = """
+import signal, sys
+from robustbench_lta.config import TrainConfig, validate
+from robustbench_lta.training.concurrent import train_concurrently
+
+def cfg(out, seed):
+    return validate(TrainConfig, {"model": {"name": "vgg16", "width": 0.0625}, "epochs": 50, "batch_size": 50,
+        "data": {"name": "cluttered-digits", "n_train": 2000, "n_test": 50}, "lr": 0.05, "seed": seed,
+        "device": "cpu", "out": out})
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # as benchmarks/study.py does
+    root = sys.argv[1]
+    try:
+        train_concurrently([cfg(f"{root}/{n}", s) for s, n in enumerate("abc")], 2, progress=False, jobs=2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+"""
+
+
+def test_sigterm_stops_the_running_runs_resumably_and_the_queued_one_never_starts(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "stoppable.py"
+    script.write_text(STOPPABLE_SCRIPT)
+    # started the way a background job is: SIGINT ignored, which spawned children would inherit
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path)], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / n / "history.csv").is_file() for n in "ab") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert err.count("interrupted in epoch") == 2 and not (tmp_path / "c").exists()
+    for n in "ab":  # each stopped run resumes from its last finished epoch
+        assert all((tmp_path / n / f).is_file() for f in ("last.safetensors", "trainer_state.json"))

@@ -11,8 +11,11 @@ any script starting processes with ``spawn`` does (each child imports the script
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import multiprocessing
+import os
+import signal
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
 from typing import Any
@@ -27,12 +30,37 @@ def thread_shares(threads: int, jobs: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(jobs)]
 
 
+_stop: Any = None      # the parent's "stop" event, in each child process
+_training = False     # whether this child is inside a run (a stop signal interrupts only then)
+
+
+def _stop_signal(signum: int, frame: Any) -> None:
+    if _training:
+        raise KeyboardInterrupt
+
+
+def _init_child(stop: Any) -> None:
+    global _stop
+    _stop = stop
+    # SIGTERM and SIGINT stop a run as Ctrl-C stops `train` (resumable); set here because a process
+    # started from a non-interactive shell in the background inherits SIGINT ignored
+    signal.signal(signal.SIGTERM, _stop_signal)
+    signal.signal(signal.SIGINT, _stop_signal)
+
+
 def _train_in_child(config_json: dict[str, Any], then: Callable[[], None] | None) -> TrainResult:
+    global _training
     from .trainer import train
 
-    result = train(TrainConfig.model_validate(config_json), progress=False)
-    if then is not None:
-        then()
+    if _stop is not None and _stop.is_set():  # queued before the stop: never starts
+        raise KeyboardInterrupt
+    _training = True
+    try:
+        result = train(TrainConfig.model_validate(config_json), progress=False)
+        if then is not None:
+            then()
+    finally:
+        _training = False
     return result
 
 
@@ -49,10 +77,12 @@ def _epochs_done(config: TrainConfig) -> int:
 
 def train_concurrently(configs: Sequence[TrainConfig], threads: int, progress: bool = True,
                        then: Sequence[Callable[[], None] | None] | None = None,
-                       poll_s: float = 1.0) -> list[TrainResult]:
-    """Train every config at once, ``threads`` split among them; results in config order.
+                       poll_s: float = 1.0, jobs: int | None = None) -> list[TrainResult]:
+    """Train the configs side by side, ``threads`` split among them; results in config order.
 
-    Each config's own ``threads`` is replaced by its share. ``then[i]``: a picklable callable (a
+    ``jobs``: at most this many runs at once (default: all of them), the others queued in config
+    order, each starting as soon as a running one ends, with ``threads // jobs`` threads. Each
+    config's own ``threads`` is replaced by its share. ``then[i]``: a picklable callable (a
     module-level function or a ``functools.partial`` of one) that run ``i``'s process calls after
     its training, with the same threads: work that needs only that run (its sweep) fills the cores
     a shorter run leaves idle. The first run to fail raises its error
@@ -66,32 +96,48 @@ def train_concurrently(configs: Sequence[TrainConfig], threads: int, progress: b
     outs = [out_dir_for(c).resolve() for c in configs]
     if len(set(outs)) < len(outs):
         raise ValueError("train_concurrently: two configs write into the same out folder")
-    shares = thread_shares(threads, len(configs))
-    jobs = [c.model_copy(update={"threads": t}) for c, t in zip(configs, shares, strict=True)]
-    total = sum(c.epochs for c in jobs)
-    bar = tqdm(total=total, desc=f"training {len(jobs)} runs at once", unit="epoch", disable=not progress)
-    bar.update(sum(min(_epochs_done(c), c.epochs) for c in jobs))
-    after = list(then) if then is not None else [None] * len(jobs)
-    if len(after) != len(jobs):
-        raise ValueError(f"train_concurrently: {len(after)} `then` steps for {len(jobs)} configs")
+    at_once = len(configs) if jobs is None else max(1, min(jobs, len(configs)))
+    # queued runs take whichever worker frees up first, so they all get the smallest share
+    shares = (thread_shares(threads, at_once) if at_once == len(configs)
+              else [max(1, threads // at_once)] * len(configs))
+    runs = [c.model_copy(update={"threads": t}) for c, t in zip(configs, shares, strict=True)]
+    total = sum(c.epochs for c in runs)
+    bar = tqdm(total=total, desc=f"training {len(runs)} runs, {at_once} at once", unit="epoch",
+               disable=not progress)
+    bar.update(sum(min(_epochs_done(c), c.epochs) for c in runs))
+    after = list(then) if then is not None else [None] * len(runs)
+    if len(after) != len(runs):
+        raise ValueError(f"train_concurrently: {len(after)} `then` steps for {len(runs)} configs")
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=len(jobs), mp_context=ctx) as pool:
-        futures: list[Future[TrainResult]] = [pool.submit(_train_in_child, c.model_dump(mode="json"), a)
-                                              for c, a in zip(jobs, after, strict=True)]
-        try:
-            while True:
-                done, pending = wait(futures, timeout=poll_s, return_when=FIRST_EXCEPTION)
-                now = sum(min(_epochs_done(c), c.epochs) for c in jobs)
-                bar.update(max(0, now - bar.n))
-                failed = [f for f in done if f.exception() is not None]
-                if failed or not pending:
-                    break
-            if failed:
-                for f in pending:
-                    f.cancel()
-                wait(futures)  # the others stop at their end; a run never half-writes a checkpoint
-                raise failed[0].exception()  # type: ignore[misc]
-            return [f.result() for f in futures]
-        finally:
-            bar.close()
+    stop = ctx.Event()
+    pool = ProcessPoolExecutor(max_workers=at_once, mp_context=ctx, initializer=_init_child, initargs=(stop,))
+    futures: list[Future[TrainResult]] = [pool.submit(_train_in_child, c.model_dump(mode="json"), a)
+                                          for c, a in zip(runs, after, strict=True)]
+    try:
+        while True:
+            done, pending = wait(futures, timeout=poll_s, return_when=FIRST_EXCEPTION)
+            now = sum(min(_epochs_done(c), c.epochs) for c in runs)
+            bar.update(max(0, now - bar.n))
+            failed = [f for f in done if f.exception() is not None]
+            if failed or not pending:
+                break
+        if failed:
+            for f in pending:
+                f.cancel()
+            wait(futures)  # the others stop at their end; a run never half-writes a checkpoint
+            raise failed[0].exception()  # type: ignore[misc]
+        return [f.result() for f in futures]
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM in the caller: each running child stops as `train` does when
+        # interrupted (its last finished epoch kept, resumable); queued runs never start
+        stop.set()
+        for f in futures:
+            f.cancel()
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            with contextlib.suppress(ProcessLookupError, OSError):
+                os.kill(proc.pid, signal.SIGTERM)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
 
