@@ -11,8 +11,8 @@ Two models on the first ``--n`` CIFAR-10 test images of ``../shared``:
 - ``untrained``: ``vgg16_att3_concat_pc`` width 0.125 with seeded random weights, labelled with its own
   clean predictions, so every sample is clean-correct (survivors-only evaluation saves nothing on
   the clean pass: the engine's worst case for this comparison);
-- ``trained``: a checkpoint (``--checkpoint``, default the study archive's standard ``vgg16`` width 0.125 if it
-  exists, else the adversarial-training benchmark's standard ``vgg16``).
+- ``trained``: a checkpoint (``--checkpoint``, default the study archive's standard ``vgg16`` width
+  0.125 if it exists, else the adversarial-training benchmark's standard ``vgg16``).
 
     python benchmarks/bench_small_sweep.py --n 128 --repeats 5
     python benchmarks/bench_small_sweep.py --n 512 --repeats 3 --models trained
