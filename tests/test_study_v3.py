@@ -188,10 +188,11 @@ def test_runs_side_by_side_are_archived_each_in_its_own_process(tmp_path, monkey
     study = _study()
     monkeypatch.syspath_prepend(str(BENCH))  # the spawned trainers unpickle study_archive.archive_run
     archive = tmp_path / "archive"
-    argv = ["--recipe", "rehearsal", "--data", "cluttered-digits", "--families", "vgg16,vgg16_matched",
+    families = ("vgg16", "vgg16_matched", "vgg16_at")  # two at once, the third queued
+    argv = ["--recipe", "rehearsal", "--data", "cluttered-digits", "--families", ",".join(families),
             "--stages", "train", "--archive", str(archive), "--runs", str(tmp_path / "runs"),
             "--threads", "2", "--jobs", "2"]
     assert study.main(argv) == 0
-    for fam in ("vgg16", "vgg16_matched"):
+    for fam in families:  # the queued run too: threads // jobs, not the whole machine
         card = json.loads((archive / "networks" / fam / "seed0" / "best.json").read_text())
         assert card["threads"] == 1 and card["clean_test_accuracy"] is not None

@@ -80,14 +80,6 @@ def test_the_demo_sweeps_the_baseline_while_the_attention_model_trains(tmp_path:
     assert res.pdf.is_file() and set(res.summary["model"]) == {"vgg16", "vgg16_att3_concat_pc"}
 
 
-def test_at_most_jobs_runs_at_once_the_rest_queued(tmp_path: Path) -> None:
-    configs = [_config(tmp_path / name, seed=seed, epochs=1) for seed, name in enumerate("abc")]
-    results = train_concurrently(configs, threads=2, progress=False, jobs=2)
-    assert [r.out_dir.resolve() for r in results] == [(tmp_path / n).resolve() for n in "abc"]
-    for r in results:  # the queued run too: threads // jobs, not the whole machine
-        assert json.loads((r.out_dir / "best.json").read_text())["threads"] == 1
-
-
 STOPPABLE_SCRIPT = """
 import signal, sys
 from robustbench_lta.config import TrainConfig, validate
