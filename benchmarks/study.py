@@ -44,7 +44,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from study_archive import archive_run, network_dir  # noqa: E402
+from study_archive import (  # noqa: E402
+    archive_run,
+    keep_unfinished,
+    network_dir,
+    restore_unfinished,
+    unfinished_dir,
+)
+
+from robustbench_lta.errors import UserError  # noqa: E402
 
 #: where each recipe keeps what its sittings finished (study_archive.py); None: runs/ and results/ only
 ARCHIVES = {"cpu": Path(__file__).resolve().parent / "study3"}
@@ -207,47 +215,69 @@ def stage_train(recipe: Recipe, args: argparse.Namespace, data_name: str) -> dic
     from robustbench_lta.training.trainer import train
 
     units = [(fam, seed) for seed in recipe.seeds for fam in args.families]
-    pending = []  # (position, family, seed, config, run folder, where it is kept)
+    pending = []  # (position, family, seed, config, run folder, where it is kept, its unfinished copy)
     for i, (fam, seed) in enumerate(units, 1):
         cfg = train_config(recipe, fam, seed, data_name, args.runs, args.threads)
         run, kept = Path(cfg.out), network_path(args, fam, seed)
+        held = unfinished_dir(args.archive, fam.label, seed) if args.archive is not None else None
         if finished(kept, cfg.epochs):
             continue
         if finished(run, cfg.epochs):  # trained before the archive had it
             if kept != run:
                 print(f"  [{i}/{len(units)}] {fam.label} seed {seed}: archived in "
-                      f"{archive_run(run, kept)}", flush=True)
+                      f"{archive_run(run, kept, held)}", flush=True)
             continue
-        pending.append((i, fam, seed, cfg, run, kept))
-    if args.jobs > 1 and len(pending) > 1:
-        from robustbench_lta.training.concurrent import train_concurrently
+        if held is not None and (epoch := restore_unfinished(held, run)):
+            print(f"  [{i}/{len(units)}] {fam.label} seed {seed}: resumes after epoch {epoch} of "
+                  f"{cfg.epochs}, from {held}", flush=True)
+        pending.append((i, fam, seed, cfg, run, kept, held))
+    # each run is archived as soon as it finishes (side by side: in its own process)
+    after = [partial(archive_run, run, kept, held) if kept != run else None
+             for *_, run, kept, held in pending]
+    t0 = time.perf_counter()
+    try:
+        if args.jobs > 1 and len(pending) > 1:
+            from robustbench_lta.training.concurrent import train_concurrently
 
-        threads = args.threads or torch.get_num_threads()
-        print(f"  {len(pending)} runs to train, {args.jobs} at once with {max(1, threads // args.jobs)} "
-              f"thread(s) each, in this order: {', '.join(f'{f.label}@seed{s}' for _, f, s, *_ in pending)}",
-              flush=True)
-        # each run is archived in its own process as soon as it finishes, not when all have
-        then = [partial(archive_run, run, kept) if kept != run else None for *_, run, kept in pending]
-        t0 = time.perf_counter()
-        results = train_concurrently([p[3] for p in pending], threads, progress=args.progress, then=then,
-                                     jobs=args.jobs)
-        for (i, fam, seed, *_), res in zip(pending, results, strict=True):
-            print(f"  [{i}/{len(units)}] {fam.label} seed {seed}: test accuracy {res.test_acc:.1%} "
-                  f"(epoch {res.best_epoch})", flush=True)
+            threads = args.threads or torch.get_num_threads()
+            order = ", ".join(f"{f.label}@seed{s}" for _, f, s, *_ in pending)
+            print(f"  {len(pending)} runs to train, {args.jobs} at once with {max(1, threads // args.jobs)} "
+                  f"thread(s) each, in this order: {order}", flush=True)
+            results = train_concurrently([p[3] for p in pending], threads, progress=args.progress, then=after,
+                                         jobs=args.jobs)
+        else:
+            results = []
+            for (i, fam, seed, cfg, *_), then in zip(pending, after, strict=True):
+                print(f"  [{i}/{len(units)}] {fam.label} seed {seed}: {cfg.epochs} epochs", flush=True)
+                results.append(train(cfg, progress=args.progress))
+                if then is not None:
+                    then()
+    except KeyboardInterrupt:
+        keep_stopped_runs(pending)
+        raise
+    for (i, fam, seed, *_, kept, _), res in zip(pending, results, strict=True):
+        print(f"  [{i}/{len(units)}] {fam.label} seed {seed}: test accuracy {res.test_acc:.1%} "
+              f"(epoch {res.best_epoch}){f', in {kept}' if args.archive is not None else ''}", flush=True)
+    if pending:
         print(f"  {len(pending)} runs in {time.perf_counter() - t0:.0f} s this sitting", flush=True)
-    else:
-        for i, fam, seed, cfg, run, kept in pending:
-            print(f"  [{i}/{len(units)}] {fam.label} seed {seed}: {cfg.epochs} epochs", flush=True)
-            t0 = time.perf_counter()
-            res = train(cfg, progress=args.progress)
-            print(f"  [{i}/{len(units)}] {fam.label} seed {seed}: test accuracy {res.test_acc:.1%} "
-                  f"(epoch {res.best_epoch}, {time.perf_counter() - t0:.0f} s this sitting)", flush=True)
-            if kept != run:
-                print(f"  [{i}/{len(units)}] {fam.label} seed {seed}: archived in "
-                      f"{archive_run(run, kept)}", flush=True)
     return {f"{f.label}@seed{s}": {c: round(run_seconds(network_path(args, f, s), c), 1)
                                    for c in ("seconds", "cpu_seconds")}
             for s in recipe.seeds for f in args.families}
+
+
+def keep_stopped_runs(pending: list[tuple]) -> None:
+    """A sitting stopped: copy each unfinished run into the archive, for the next sitting's machine."""
+    for i, fam, seed, cfg, run, _, held in pending:
+        if held is None or finished(run, cfg.epochs):
+            continue
+        try:
+            epoch = keep_unfinished(run, held)
+        except UserError as exc:  # a save cut off: the kept copy (if any) stays as it was
+            print(f"  [{i}] {fam.label} seed {seed}: not kept ({exc})", flush=True)
+            continue
+        if epoch:
+            print(f"  [{i}] {fam.label} seed {seed}: stopped after epoch {epoch} of {cfg.epochs}, kept in "
+                  f"{held} (commit it: the next sitting resumes from there)", flush=True)
 
 
 def finished_runs(recipe: Recipe, args: argparse.Namespace) -> list[tuple[Family, int, Path]]:

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from robustbench_lta.analysis.bootstrap import (
     bootstrap_p_value,
@@ -196,3 +197,54 @@ def test_runs_side_by_side_are_archived_each_in_its_own_process(tmp_path, monkey
     for fam in families:  # the queued run too: threads // jobs, not the whole machine
         card = json.loads((archive / "networks" / fam / "seed0" / "best.json").read_text())
         assert card["threads"] == 1 and card["clean_test_accuracy"] is not None
+
+
+def test_a_run_stopped_mid_way_resumes_on_the_next_sittings_machine(tmp_path, monkeypatch, capsys) -> None:
+    """SIGTERM/Ctrl-C in a run: its last finished epoch goes to the archive's unfinished/, a sitting
+    with an empty runs/ resumes from there, and the network equals one trained without the stop."""
+    from safetensors.torch import load_file
+
+    from robustbench_lta.training import run as training_run
+
+    study = _study()
+    archive, runs = tmp_path / "archive", tmp_path / "runs"
+    argv = ["--recipe", "rehearsal", "--data", "cluttered-digits", "--families", "vgg16", "--stages", "train",
+            "--archive", str(archive), "--runs", str(runs), "--threads", "1"]
+    real, calls = training_run.augment, {"n": 0}
+
+    def stop_in_epoch_two(*a, **k):  # 251 training images / batch 64: 4 steps per epoch
+        calls["n"] += 1
+        if calls["n"] > 5:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(training_run, "augment", stop_in_epoch_two)
+    assert study.main(argv) == 130
+    held = archive / "unfinished" / "vgg16" / "seed0"
+    assert "stopped after epoch 1 of 3" in capsys.readouterr().out
+    assert study_archive().epochs_done(held) == 1 and not (archive / "networks").exists()
+    monkeypatch.setattr(training_run, "augment", real)
+    shutil.rmtree(runs)  # the next sitting's machine
+    assert study.main(argv) == 0
+    assert "resumes after epoch 1 of 3" in capsys.readouterr().out
+    kept = archive / "networks" / "vgg16" / "seed0"
+    assert not held.exists() and json.loads((kept / "best.json").read_text())["clean_test_accuracy"] is not None
+    # the same network as a run never stopped
+    assert study.main([*argv[:-6], "--archive", str(tmp_path / "whole"), "--runs", str(tmp_path / "r2"),
+                       "--threads", "1"]) == 0
+    a = load_file(kept / "best.safetensors")
+    b = load_file(tmp_path / "whole" / "networks" / "vgg16" / "seed0" / "best.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_unfinished_copy_never_replaces_a_later_one(tmp_path) -> None:
+    archive = study_archive()
+    folders = {name: tmp_path / name for name in ("run", "held", "older")}
+    for (name, folder), epoch in zip(folders.items(), (2, 3, 1), strict=True):
+        folder.mkdir()
+        (folder / "trainer_state.json").write_text(json.dumps({"epoch": epoch}))
+        (folder / "mark").write_text(name)
+    assert archive.keep_unfinished(folders["run"], folders["held"]) == 3  # the archive is further along
+    assert (folders["held"] / "mark").read_text() == "held"
+    assert archive.restore_unfinished(folders["older"], folders["run"]) == 0  # the local run is further
+    assert (folders["run"] / "mark").read_text() == "run"
