@@ -21,9 +21,9 @@ Stages (``--stages``, each timed into ``<results>/study_timings.json``):
    intervals, Holm-corrected across the comparisons shown: reporting/family.py) and
    ``study_networks.csv`` (every network's test accuracy, selection and training seconds).
 
-Recipes (``RECIPES``, in study_recipes.py): ``cpu`` (docs/study.md, 2 cores), ``gpu`` (one H200, about 10 minutes, see
-``make gpu-study``), ``rehearsal`` (a tiny CPU run of the GPU command, for CI). Interrupt at any
-point (Ctrl-C or SIGTERM) and run the same command again::
+Recipes (``RECIPES``, in study_recipes.py): ``cpu`` (docs/study.md, 2 cores), ``gpu`` (one H200,
+about 10 minutes, see ``make gpu-study``), ``rehearsal`` (a tiny CPU run of the GPU command, for CI).
+Interrupt at any point (Ctrl-C or SIGTERM) and run the same command again::
 
     python benchmarks/study.py --recipe cpu --runs runs/study3 --results results/study3
 """
