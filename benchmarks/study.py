@@ -39,6 +39,7 @@ import time
 from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -62,6 +63,7 @@ from study_recipes import (  # noqa: E402
 )
 
 from robustbench_lta.errors import UserError  # noqa: E402
+from robustbench_lta.utils import atomic_write_json  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------ train
@@ -242,7 +244,7 @@ def stage_sweep(recipe: Recipe, args: argparse.Namespace, data_name: str) -> Non
 
 
 # ----------------------------------------------------------------------------------------- report
-def stage_report(recipe: Recipe, args: argparse.Namespace, timings: dict) -> None:
+def stage_report(recipe: Recipe, args: argparse.Namespace) -> None:
     from robustbench_lta.reporting.family import family_comparisons, family_curves
     from robustbench_lta.reporting.load import load_results
     from robustbench_lta.reporting.pdf import build_report
@@ -270,6 +272,26 @@ def stage_report(recipe: Recipe, args: argparse.Namespace, timings: dict) -> Non
 
 
 # ------------------------------------------------------------------------------------------- main
+def record_sitting(path: Path, recipe: Recipe, stage: str, wall_s: float, cpu_s: float,
+                   extra: dict[str, Any]) -> dict[str, Any]:
+    """Add one sitting of ``stage`` to the timings file and return the whole file.
+
+    The file is read again here, not at start: two study processes may share one results folder
+    (the train stage in one, the sweep of the networks already finished in the other), and each
+    adds only its own stage's entries. ``cpu_s``: CPU time of this process, all threads (a paused or
+    crowded sitting does not inflate it; runs trained side by side count in their history.csv).
+    """
+    timings = json.loads(path.read_text()) if path.is_file() else {}
+    timings["recipe"] = asdict(recipe)
+    timings.update(extra)
+    for key, seconds in (("sittings_s", wall_s), ("cpu_sittings_s", cpu_s)):
+        timings.setdefault(key, {}).setdefault(stage, []).append(round(seconds, 1))
+    timings[f"{stage}_s"] = round(sum(timings["sittings_s"][stage]), 1)
+    timings[f"{stage}_cpu_s"] = round(sum(timings["cpu_sittings_s"][stage]), 1)
+    atomic_write_json(path, timings)
+    return timings
+
+
 def data_name_for(args: argparse.Namespace) -> str:
     if args.data:
         return args.data
@@ -334,34 +356,28 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     args.results.mkdir(parents=True, exist_ok=True)
     timings_path = args.results / "study_timings.json"
-    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
-    timings["recipe"] = asdict(recipe)
     data_name = data_name_for(args)
     for stage in [s.strip() for s in args.stages.split(",") if s.strip()]:
         t0, cpu0 = time.perf_counter(), time.process_time()
         print(f"== {stage} ({recipe.name} recipe)", flush=True)
+        extra: dict[str, Any] = {}
         try:
             if stage == "train":
-                timings["train_per_run_s"] = stage_train(recipe, args, data_name)
+                extra["train_per_run_s"] = stage_train(recipe, args, data_name)
             elif stage == "sweep":
                 stage_sweep(recipe, args, data_name)
             elif stage == "report":
-                stage_report(recipe, args, timings)
+                stage_report(recipe, args)
             else:
                 sys.exit(f"error: unknown stage {stage!r} (train, sweep, report)")
         except KeyboardInterrupt:
             print(f"   {stage}: interrupted; run the same command again to resume", flush=True)
             return 130
         finally:
-            sittings = timings.setdefault("sittings_s", {}).setdefault(stage, [])
-            sittings.append(round(time.perf_counter() - t0, 1))
-            timings[f"{stage}_s"] = round(sum(sittings), 1)
-            # CPU time of this process, all threads (a paused or crowded sitting does not inflate it)
-            cpu = timings.setdefault("cpu_sittings_s", {}).setdefault(stage, [])
-            cpu.append(round(time.process_time() - cpu0, 1))
-            timings[f"{stage}_cpu_s"] = round(sum(cpu), 1)
-            timings_path.write_text(json.dumps(timings, indent=1))
-        print(f"   {stage}: {timings[f'{stage}_s']:.0f} s over {len(sittings)} sitting(s)", flush=True)
+            timings = record_sitting(timings_path, recipe, stage, time.perf_counter() - t0,
+                                     time.process_time() - cpu0, extra)
+        sittings = len(timings["sittings_s"][stage])
+        print(f"   {stage}: {timings[f'{stage}_s']:.0f} s over {sittings} sitting(s)", flush=True)
     return 0
 
 

@@ -249,3 +249,16 @@ def test_an_unfinished_copy_never_replaces_a_later_one(tmp_path) -> None:
     assert (folders["held"] / "mark").read_text() == "held"
     assert archive.restore_unfinished(folders["older"], folders["run"]) == 0  # the local run is further
     assert (folders["run"] / "mark").read_text() == "run"
+
+
+def test_two_study_processes_sharing_a_results_folder_keep_each_others_timings(tmp_path) -> None:
+    """The train stage in one process, the sweep of the networks already finished in another: each
+    sitting is added to the file as it is on disk then, so neither overwrites the other's."""
+    study = _study()
+    path, recipe = tmp_path / "study_timings.json", study.RECIPES["rehearsal"]
+    study.record_sitting(path, recipe, "sweep", 100.0, 150.0, {})
+    study.record_sitting(path, recipe, "train", 600.0, 590.0, {"train_per_run_s": {"vgg16@seed0": 1.0}})
+    timings = study.record_sitting(path, recipe, "sweep", 50.0, 60.0, {})
+    assert timings["sittings_s"] == {"sweep": [100.0, 50.0], "train": [600.0]}
+    assert timings["sweep_s"] == 150.0 and timings["sweep_cpu_s"] == 210.0 and timings["train_s"] == 600.0
+    assert json.loads(path.read_text())["train_per_run_s"] == {"vgg16@seed0": 1.0}
