@@ -262,3 +262,21 @@ def test_two_study_processes_sharing_a_results_folder_keep_each_others_timings(t
     assert timings["sittings_s"] == {"sweep": [100.0, 50.0], "train": [600.0]}
     assert timings["sweep_s"] == 150.0 and timings["sweep_cpu_s"] == 210.0 and timings["train_s"] == 600.0
     assert json.loads(path.read_text())["train_per_run_s"] == {"vgg16@seed0": 1.0}
+
+
+def test_the_archive_is_not_ignored_by_git() -> None:
+    """The archive's results folder once matched the top-level `results/` ignore rule: every sitting's
+    sweep would have been lost with its machine. Skips outside a git checkout."""
+    import subprocess
+
+    root = BENCH.parent
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    paths = ["benchmarks/study3/results/summary.csv", "benchmarks/study3/results/units/m__a__k/0-500.parquet",
+             "benchmarks/study3/networks/vgg16/seed0/best.safetensors",
+             "benchmarks/study3/unfinished/vgg16/seed0/last.safetensors"]
+    ignored = subprocess.run(["git", "check-ignore", *paths], cwd=root, capture_output=True, text=True)
+    assert ignored.stdout.split() == []
+    scratch = ["runs/x", "results/x", "benchmarks/study3/results/.lock"]
+    scratch = subprocess.run(["git", "check-ignore", *scratch], cwd=root, capture_output=True, text=True)
+    assert len(scratch.stdout.split()) == 3
