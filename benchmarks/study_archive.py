@@ -23,6 +23,7 @@ after 60 costs 20 minutes again, not 80. Finishing the run removes its ``unfinis
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -118,4 +119,7 @@ def archive_run(run: Path, dest: Path, unfinished: Path | None = None) -> Path:
         os.replace(tmp, dest / name)
     if unfinished is not None:
         shutil.rmtree(unfinished, ignore_errors=True)
+        for parent in (unfinished.parent, unfinished.parent.parent):  # <family>/, then unfinished/
+            with contextlib.suppress(OSError):  # not empty: another run of the family is kept there
+                parent.rmdir()
     return dest

@@ -228,7 +228,7 @@ def test_a_run_stopped_mid_way_resumes_on_the_next_sittings_machine(tmp_path, mo
     assert study.main(argv) == 0
     assert "resumes after epoch 1 of 3" in capsys.readouterr().out
     kept = archive / "networks" / "vgg16" / "seed0"
-    assert not held.exists()
+    assert not held.exists() and not (archive / "unfinished").exists()
     assert json.loads((kept / "best.json").read_text())["clean_test_accuracy"] is not None
     # the same network as a run never stopped
     assert study.main([*argv[:-6], "--archive", str(tmp_path / "whole"), "--runs", str(tmp_path / "r2"),
