@@ -46,6 +46,7 @@ from train_cifar10 import cifar10_test  # noqa: E402
 from robustbench_lta.data.registry import ImageDataset  # noqa: E402
 from robustbench_lta.engine.api import run_sweep  # noqa: E402
 from robustbench_lta.models.registry import create_model  # noqa: E402
+from robustbench_lta.plugins.registry import get_attack  # noqa: E402
 from robustbench_lta.training.checkpoint import load_model  # noqa: E402
 
 DEFAULT_CHECKPOINTS = ("benchmarks/study3/networks/vgg16/seed0/best.safetensors",
@@ -102,16 +103,11 @@ def work_floor(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, samples
     try:
         t0 = time.perf_counter()
         predict(model, x)
-        signs = torch.zeros_like(x)
         first = attacked[0]
-        for b in range(0, int(first.sum()), BATCH):
-            sel = first.nonzero().squeeze(1)[b:b + BATCH]
-            x_in = x[sel].clone().requires_grad_(True)
-            with torch.enable_grad():  # what attacks/fgsm.py computes: the summed cross-entropy's sign
-                loss = torch.nn.functional.cross_entropy(model(x_in), y[sel], reduction="sum")
-                signs[sel] = torch.autograd.grad(loss, x_in)[0].sign()
-        for e, mask in zip(FGSM_EPS, attacked, strict=True):
-            predict(model, (x[mask] + e * signs[mask]).clamp(0, 1))
+        # the engine's own FGSM plugin: one input gradient for every budget
+        advs = get_attack("fgsm", seed=0).perturb_many(model, x[first], y[first], list(FGSM_EPS))
+        for adv, mask in zip(advs, attacked, strict=True):
+            predict(model, adv[mask[first]])
         return time.perf_counter() - t0
     finally:
         for p, flag in zip(model.parameters(), frozen, strict=True):

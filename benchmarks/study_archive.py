@@ -56,6 +56,13 @@ def epochs_done(run: Path) -> int:
         return 0
 
 
+def _copy_files(src: Path, dest: Path) -> None:
+    """The files of a run folder (it has no subfolders) into ``dest``."""
+    for f in src.iterdir():
+        if f.is_file():
+            shutil.copyfile(f, dest / f.name)
+
+
 def keep_unfinished(run: Path, dest: Path) -> int:
     """Copy a stopped run's folder to ``dest`` if it holds a later epoch than ``dest`` does.
 
@@ -70,9 +77,7 @@ def keep_unfinished(run: Path, dest: Path) -> int:
     tmp, old = dest.with_name(f".{dest.name}.tmp"), dest.with_name(f".{dest.name}.old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for f in run.iterdir():
-        if f.is_file():
-            shutil.copyfile(f, tmp / f.name)
+    _copy_files(run, tmp)
     shutil.rmtree(old, ignore_errors=True)
     if dest.exists():
         os.replace(dest, old)
@@ -93,9 +98,7 @@ def restore_unfinished(src: Path, run: Path) -> int:
     for f in run.iterdir():  # a local run behind the kept one: none of its files may mix in
         if f.is_file():
             f.unlink()
-    for f in src.iterdir():
-        if f.is_file():
-            shutil.copyfile(f, run / f.name)
+    _copy_files(src, run)
     load_state(run)
     return epoch
 
