@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import signal
 import sys
 import time
@@ -278,8 +279,9 @@ def record_sitting(path: Path, recipe: Recipe, stage: str, wall_s: float, cpu_s:
 
     The file is read again here, not at start: two study processes may share one results folder
     (the train stage in one, the sweep of the networks already finished in the other), and each
-    adds only its own stage's entries. ``cpu_s``: CPU time of this process, all threads (a paused or
-    crowded sitting does not inflate it; runs trained side by side count in their history.csv).
+    adds only its own stage's entries. ``cpu_s``: CPU time of this process and of the training
+    processes it started and waited for (``--jobs``), all threads; a paused or crowded sitting does
+    not inflate it.
     """
     timings = json.loads(path.read_text()) if path.is_file() else {}
     timings["recipe"] = asdict(recipe)
@@ -290,6 +292,12 @@ def record_sitting(path: Path, recipe: Recipe, stage: str, wall_s: float, cpu_s:
     timings[f"{stage}_cpu_s"] = round(sum(timings["cpu_sittings_s"][stage]), 1)
     atomic_write_json(path, timings)
     return timings
+
+
+def cpu_time_with_children() -> float:
+    """User + system CPU seconds of this process and its finished children (the ``--jobs`` runs)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def data_name_for(args: argparse.Namespace) -> str:
@@ -358,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     timings_path = args.results / "study_timings.json"
     data_name = data_name_for(args)
     for stage in [s.strip() for s in args.stages.split(",") if s.strip()]:
-        t0, cpu0 = time.perf_counter(), time.process_time()
+        t0, cpu0 = time.perf_counter(), cpu_time_with_children()
         print(f"== {stage} ({recipe.name} recipe)", flush=True)
         extra: dict[str, Any] = {}
         try:
@@ -375,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
             return 130
         finally:
             timings = record_sitting(timings_path, recipe, stage, time.perf_counter() - t0,
-                                     time.process_time() - cpu0, extra)
+                                     cpu_time_with_children() - cpu0, extra)
         sittings = len(timings["sittings_s"][stage])
         print(f"   {stage}: {timings[f'{stage}_s']:.0f} s over {sittings} sitting(s)", flush=True)
     return 0
