@@ -5,21 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robustbench_lta.plugins import Attack, AttackKind, ThreatModel, register_attack
-
-
-def _attention_of(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """``model(x, return_attention=True)``, or a one-line error (the cell fails) without attention."""
-    has = getattr(model, "has_attention", None)
-    if has is None:  # the engine may wrap the model (autocast): ask the wrapped one
-        has = getattr(getattr(model, "inner", None), "has_attention", False)
-    if not has:
-        raise TypeError(f"attn-hijack needs a model with attention maps (model(x, return_attention=True)); "
-                        f"{type(getattr(model, 'inner', model)).__name__} has none")
-    out = model(x, return_attention=True)
-    if not isinstance(out, tuple | list) or len(out) != 2 or len(out[1]) == 0:
-        raise TypeError("model(x, return_attention=True) must return (logits, [maps]) with at least one map")
-    return out[0], list(out[1])
+from robustbench_lta.plugins import Attack, AttackKind, ThreatModel, attention_of, register_attack
 
 
 def mass_region(maps: torch.Tensor, mass: float) -> torch.Tensor:
@@ -77,7 +63,7 @@ class AttnHijack(Attack):
         eps = float(eps)
         x = x.detach()
         with torch.no_grad():
-            clean_logits, clean_maps = _attention_of(model, x)
+            clean_logits, clean_maps = attention_of(model, x, self.name)
         if eps <= 0:
             return x.clone()
         steps = int(self.params["steps"])
@@ -91,7 +77,7 @@ class AttnHijack(Attack):
         regions = [mass_region(m.detach(), share) for m in clean_maps]
 
         def evaluate(x_adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            logits, maps = _attention_of(model, x_adv)
+            logits, maps = attention_of(model, x_adv, self.name)
             logits = logits.float()
             inside = [(m.float() * r).flatten(1).sum(1) for m, r in zip(maps, regions, strict=True)]
             outside = 1 - torch.stack(inside).mean(0)

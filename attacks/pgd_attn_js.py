@@ -6,26 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustbench_lta.plugins import Attack, AttackKind, ThreatModel, register_attack
-
-
-def attention_of(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """``model(x, return_attention=True)``, or a clear error when the model has no attention maps.
-
-    The engine may hand attacks a wrapper (autocast) whose ``inner`` is the user's model, so both are
-    asked. The error is a plain exception: the engine marks the cell ``failed`` with this message
-    and the rest of the sweep goes on.
-    """
-    has = getattr(model, "has_attention", None)
-    if has is None:
-        has = getattr(getattr(model, "inner", None), "has_attention", False)
-    if not has:
-        raise TypeError(f"this attack needs a model with attention maps (model(x, return_attention=True)); "
-                        f"{type(getattr(model, 'inner', model)).__name__} has none: use pgd-linf instead")
-    out = model(x, return_attention=True)
-    if not isinstance(out, tuple | list) or len(out) != 2 or len(out[1]) == 0:
-        raise TypeError("model(x, return_attention=True) must return (logits, [maps]) with at least one map")
-    return out[0], list(out[1])
+from robustbench_lta.plugins import Attack, AttackKind, ThreatModel, attention_of, register_attack
 
 
 def js_bits(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -79,7 +60,7 @@ class PGDAttnJS(Attack):
         eps = float(eps)
         x = x.detach()
         with torch.no_grad():
-            _, clean_maps = attention_of(model, x)  # also the check for attention
+            _, clean_maps = attention_of(model, x, self.name)  # also the check for attention
         if eps <= 0:
             return x.clone()
         steps = int(self.params["steps"])
@@ -98,7 +79,7 @@ class PGDAttnJS(Attack):
             if weight == 0:  # the plain CE restart: exactly pgd-linf's forward and loss
                 logits = model(x_adv).float()
                 return F.cross_entropy(logits, y[idx], reduction="none"), logits
-            logits, maps = attention_of(model, x_adv)
+            logits, maps = attention_of(model, x_adv, self.name)
             logits = logits.float()
             ce = F.cross_entropy(logits, y[idx], reduction="none")
             js = torch.stack([js_bits(c[idx], m) for c, m in zip(clean_maps, maps, strict=True)]).mean(0)

@@ -32,6 +32,7 @@ from .cli_checks import (
     sanity_warning,
 )
 from .errors import UserError
+from .results import not_applicable_lines
 
 _DEBUG = False
 
@@ -409,6 +410,8 @@ def sweep_cmd(config: str | None, models: tuple[str, ...], archs: tuple[str, ...
     click.echo(f"results in {out_dir}")
     _selection_notes(out_dir)
     _warn_sanity(summary)
+    for line in not_applicable_lines(summary):
+        click.echo(f"note: {line}", err=True)
     raise_if_cells_not_ok(summary)
 
 
@@ -545,6 +548,8 @@ def demo_cmd(skip_train: bool, quick: bool, threads: int | None) -> None:
     _print_summary(res.summary)
     click.echo(f"report: {res.pdf}")
     _warn_sanity(res.summary)
+    for line in not_applicable_lines(res.summary):
+        click.echo(f"note: {line}", err=True)
     raise_if_cells_not_ok(res.summary)
 
 

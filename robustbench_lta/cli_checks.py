@@ -75,8 +75,10 @@ def preflight(cfg: Any) -> None:
 def raise_if_cells_not_ok(summary: Any) -> None:
     if "status" not in summary.columns or summary.empty:
         return
+    from .results import STATUSES_NOT_OK
+
     status = summary["status"].astype(str)
-    bad = status[status != "ok"]
+    bad = status[status.isin(STATUSES_NOT_OK)]
     if bad.empty:
         return
     counts = ", ".join(f"{k} {v}" for k, v in sorted(bad.value_counts().items()))

@@ -34,9 +34,14 @@ EPS_TOL = 1e-6
 
 #: a cell's status: ``ok`` (counted), ``failed`` (the attack raised: retried on the next run),
 #: ``invalid`` (a contract violation: output outside the budget, the model changed, ...; kept
-#: unless the user asks ``--retry-invalid``).
+#: unless the user asks ``--retry-invalid``), ``not-applicable`` (the attack raised
+#: ``plugins.NotApplicable``: it cannot attack this model at all, e.g. an attention attack on a
+#: model without attention; kept, never retried, not an error of the sweep).
 STATUS_OK, STATUS_FAILED, STATUS_INVALID = "ok", "failed", "invalid"
-STATUSES = (STATUS_OK, STATUS_FAILED, STATUS_INVALID)
+STATUS_NOT_APPLICABLE = "not-applicable"
+STATUSES = (STATUS_OK, STATUS_FAILED, STATUS_INVALID, STATUS_NOT_APPLICABLE)
+#: statuses that make a sweep incomplete (the CLI exits 3); the others are results or notes
+STATUSES_NOT_OK = (STATUS_FAILED, STATUS_INVALID)
 
 SUMMARY_COLUMNS = [
     "model", "dataset", "attack", "norm", "eps", "n", "clean_acc", "robust_acc", "attack_success_rate",
@@ -267,3 +272,17 @@ def cascade_message(skipped: int, by: dict[str, int]) -> str:
     parts = ", ".join(f"{k}: {v}" for k, v in by.items())
     return (f"cascade: {skipped} clean-correct samples already broken by an earlier attack were not attacked "
             f"({parts}); robust accuracy here is the cascade's up to this attack, not this attack's alone")
+
+
+def not_applicable_lines(summary: pd.DataFrame) -> list[str]:
+    """One line per attack that did not apply to some models (status ``not-applicable``): a note for
+    the CLI and the report, not an error (an attention attack in a sweep that also holds baselines)."""
+    if "status" not in summary.columns or summary.empty:
+        return []
+    na = summary[summary["status"].astype(str) == STATUS_NOT_APPLICABLE]
+    lines = []
+    for attack, g in na.groupby("attack", sort=True):
+        models = ", ".join(sorted(set(g["model"].astype(str))))
+        lines.append(f"{attack} does not apply to {models} (not-applicable, not retried): "
+                     f"{g['message'].iloc[0]}")
+    return lines

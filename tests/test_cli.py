@@ -80,6 +80,20 @@ def test_sweep_cli_with_a_dropped_in_plugin(trained_checkpoints, tmp_path):
     assert (summary["status"] == "ok").all()
 
 
+def test_a_sweep_with_attention_attacks_and_a_baseline_exits_0_with_a_note(trained_checkpoints, tmp_path):
+    """An attention attack on a model without attention is not a failure of the sweep (exit 0)."""
+    out = tmp_path / "res"
+    res = cli("sweep", "--model", str(trained_checkpoints["smallcnn"]), "--model",
+              str(trained_checkpoints["smallcnn_att2_concat_pc"]), "--attack", "fgsm", "--attack",
+              "pgd-attn-js:steps=2", "--eps", "0,4", "--n", "16", "--data", "cluttered-digits",
+              "--out", str(out), "--quiet", "--set", "sanity_samples=0")
+    assert res.returncode == 0, res.stderr
+    note = [ln for ln in res.stderr.splitlines() if ln.startswith("note: pgd-attn-js does not apply to")]
+    assert len(note) == 1 and "smallcnn" in note[0] and "att2" not in note[0], res.stderr
+    summary = pd.read_csv(out / "summary.csv")
+    assert set(summary["status"]) == {"ok", "not-applicable"}
+
+
 @pytest.mark.parametrize("args, needle", [
     (["sweep", "--model", "no_such_model", "--attack", "fgsm"], "neither a checkpoint"),
     (["sweep", "--model", "vgg16", "--attack", "fgsm", "--eps", "a,b"], "--eps"),

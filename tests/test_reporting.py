@@ -432,6 +432,9 @@ def test_partial_results_render(results_dir: Path, tmp_path: Path) -> None:
     s.loc[hit, "robust_acc"] = np.nan
     inv = (s["model"] == ATT) & (s["attack"] == "cw-l2")
     s.loc[inv, ["status", "message"]] = ["invalid", "perturbation outside [0,1] in batch 0"]
+    na = (s["model"] == BASE) & (s["attack"] == "cw-l2")  # an attack that cannot attack this model
+    s.loc[na, ["status", "message"]] = ["not-applicable", "NotApplicable: cw-l2 needs simulated maps"]
+    s.loc[na, "robust_acc"] = np.nan
     s = s[~((s["model"] == ATT) & (s["attack"] == "fgsm") & (s["eps"] > 0.02))]  # a dropped row
     s.to_parquet(folder / "summary.parquet")
     shutil.rmtree(folder / "attention")
@@ -444,7 +447,9 @@ def test_partial_results_render(results_dir: Path, tmp_path: Path) -> None:
     assert "No sanity checks" in text
     _check_pngs(res.pngs)
     bad = pd.read_csv(tmp_path / "p_files" / "cells_not_ok.csv")
-    assert sorted(bad["status"]) == ["failed", "invalid"]
+    assert sorted(bad["status"]) == ["failed", "invalid"]  # not-applicable is a note, not a problem
+    first = " ".join(text.split("2. Robustness curves")[0].split())
+    assert f"cw-l2 does not apply to {BASE} (not-applicable, not retried)" in first
 
 
 def test_one_model_no_attention_single_eps(tmp_path: Path) -> None:

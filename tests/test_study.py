@@ -143,25 +143,39 @@ def test_attn_hijack_moves_attention_and_keeps_labels(att_batch) -> None:
 
 @pytest.mark.parametrize("name", ["pgd-attn-js", "attn-hijack"])
 def test_attention_attacks_refuse_models_without_attention(trained_checkpoints, name) -> None:
+    from robustbench_lta.plugins import NotApplicable
+
     model = load_model(trained_checkpoints["smallcnn"]).eval()
-    with pytest.raises(TypeError, match="attention maps"):
+    with pytest.raises(NotApplicable, match=f"{name} needs a model with attention maps"):
         get_attack(name)(model, torch.rand(2, 3, 32, 32), torch.tensor([0, 1]), 2 / 255)
 
 
-def test_attention_attacks_in_a_sweep_join_worst_case_and_fail_cleanly(trained_checkpoints, tmp_path) -> None:
+def test_attention_attacks_in_a_sweep_join_worst_case_and_skip_models_without_them(trained_checkpoints,
+                                                                                   tmp_path) -> None:
     from robustbench_lta import run_sweep
 
-    summary = run_sweep({"base": str(trained_checkpoints["smallcnn"]),
-                         "att": str(trained_checkpoints["smallcnn_att2_concat_pc"])},
-                        [{"name": "pgd-linf", "params": {"steps": 5}},
-                         {"name": "pgd-attn-js", "params": {"steps": 5}},
-                         {"name": "attn-hijack", "params": {"steps": 5}}],
-                        eps=[0, 4 / 255], data="cluttered-digits", n=64, out=tmp_path / "res",
-                        progress=False, sanity_samples=0)
-    # at eps 0 the engine calls no attack (nothing to perturb); at eps > 0 the cell fails in one line
-    base = summary[(summary["model"] == "base") & summary["attack"].isin(["pgd-attn-js", "attn-hijack"])
-                   & (summary["eps"] > 0)]
-    assert set(base["status"]) == {"failed"} and base["message"].str.contains("attention maps").all()
+    def sweep() -> pd.DataFrame:
+        return run_sweep({"base": str(trained_checkpoints["smallcnn"]),
+                          "att": str(trained_checkpoints["smallcnn_att2_concat_pc"])},
+                         [{"name": "pgd-linf", "params": {"steps": 5}},
+                          {"name": "pgd-attn-js", "params": {"steps": 5}},
+                          {"name": "attn-hijack", "params": {"steps": 5}}],
+                         eps=[0, 4 / 255], data="cluttered-digits", n=64, out=tmp_path / "res",
+                         progress=False, sanity_samples=0)
+
+    summary = sweep()
+    # the whole cell, eps 0 included, is not-applicable with the attack's one line; not a failure
+    base = summary[(summary["model"] == "base") & summary["attack"].isin(["pgd-attn-js", "attn-hijack"])]
+    assert len(base) == 4 and set(base["status"]) == {"not-applicable"}
+    assert base["message"].str.contains("needs a model with attention maps").all()
+    assert set(summary[summary["model"] == "att"]["status"]) == {"ok"}
+    manifest = json.loads((tmp_path / "res" / "manifest.json").read_text())
+    assert manifest["counts"]["cells_failed"] == 0 and manifest["counts"]["cells_not_applicable"] == 4
+    # a re-run keeps those units (failed ones would be retried)
+    units = sorted((tmp_path / "res" / "units").glob("*/*.json"))
+    stamps = {p: p.stat().st_mtime_ns for p in units}
+    sweep()
+    assert {p: p.stat().st_mtime_ns for p in units} == stamps
     samples = pd.read_parquet(tmp_path / "res" / "samples.parquet")
     att = samples[(samples["model"] == "att") & (samples["eps"] > 0)]
     correct = att.groupby("index")["clean_pred"].first() == att.groupby("index")["label"].first()

@@ -31,6 +31,7 @@ from ..results import (
     SANITY_COLUMNS,
     STATUS_FAILED,
     STATUS_INVALID,
+    STATUS_NOT_APPLICABLE,
     STATUS_OK,
     SUMMARY_COLUMNS,
     cell_summary_rows,
@@ -61,12 +62,12 @@ class CellUnits:
 
 
 def combine_eps_status(units: Sequence[tuple[int, int, dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Per eps: invalid if any shard was, else failed if any was, else ok; work and time summed."""
+    """Per eps: invalid if any shard was, else failed, else not-applicable, else ok; work and time summed."""
     out: list[dict[str, Any]] = []
     for k, first in enumerate(units[0][2]["eps_status"]):
         parts = [u[2]["eps_status"][k] for u in units]
         status, message = STATUS_OK, ""
-        for wanted in (STATUS_INVALID, STATUS_FAILED):
+        for wanted in (STATUS_INVALID, STATUS_FAILED, STATUS_NOT_APPLICABLE):
             bad = [p for p in parts if p["status"] == wanted]
             if bad:
                 status, message = wanted, bad[0]["message"]
@@ -186,7 +187,8 @@ def assemble(store: ResultStore, models: Sequence[str], cells: Sequence[CellUnit
 def not_ok_counts(summary: pd.DataFrame) -> dict[str, int]:
     per = summary[summary["attack"] != "worst-case"]
     return {"failed": int((per["status"] == STATUS_FAILED).sum()),
-            "invalid": int((per["status"] == STATUS_INVALID).sum())}
+            "invalid": int((per["status"] == STATUS_INVALID).sum()),
+            "not_applicable": int((per["status"] == STATUS_NOT_APPLICABLE).sum())}
 
 
 def check_compatible(previous: dict[str, Any] | None, current: dict[str, Any], replace: bool) -> None:

@@ -34,10 +34,18 @@ import torch
 
 from ..analysis.attention import box_mass, js_divergence
 from ..errors import UserError
+from ..plugins.applicability import NotApplicable
 from ..plugins.base import Attack
 from ..plugins.registry import get_attack
 from ..plugins.verify import verify_batch
-from ..results import ATTENTION_COLUMNS, SAMPLE_COLUMNS, STATUS_FAILED, STATUS_INVALID, STATUS_OK
+from ..results import (
+    ATTENTION_COLUMNS,
+    SAMPLE_COLUMNS,
+    STATUS_FAILED,
+    STATUS_INVALID,
+    STATUS_NOT_APPLICABLE,
+    STATUS_OK,
+)
 from ..utils import derive_seed
 from .cascade import UpstreamBreaks
 from .explorer import ExplorerCapture
@@ -70,8 +78,8 @@ class UnitResult:
     @property
     def status(self) -> str:
         statuses = {s["status"] for s in self.eps_status}
-        return STATUS_INVALID if STATUS_INVALID in statuses else (
-            STATUS_FAILED if STATUS_FAILED in statuses else STATUS_OK)
+        return next((s for s in (STATUS_INVALID, STATUS_FAILED, STATUS_NOT_APPLICABLE) if s in statuses),
+                    STATUS_OK)
 
 
 def unit_meta(unit: Unit, eps_status: list[dict[str, Any]]) -> dict[str, Any]:
@@ -384,7 +392,7 @@ def run_attack_unit(pm: PreparedModel, source: SampleSource, unit: Unit, setting
                 except InvalidBatch as exc:
                     status[k] = (STATUS_INVALID, str(exc))
                     failed_at = status[k]
-                except UserError:
+                except (UserError, NotApplicable):
                     raise
                 except Exception as exc:  # a broken plugin fails its cell, never the sweep
                     status[k] = (STATUS_FAILED, one_line(exc))
@@ -395,6 +403,8 @@ def run_attack_unit(pm: PreparedModel, source: SampleSource, unit: Unit, setting
         status = [(STATUS_INVALID, str(exc))] * E
     except UserError:
         raise
+    except NotApplicable as exc:  # the whole cell, eps 0 included: the attack does not apply here
+        status = [(STATUS_NOT_APPLICABLE, one_line(exc))] * E
     except Exception as exc:
         status = [(STATUS_FAILED, one_line(exc))] * E
     finally:

@@ -7,6 +7,7 @@ Everything a plugin author needs is importable from here::
 
 from __future__ import annotations
 
+from .applicability import NotApplicable, attention_of, has_attention
 from .base import Attack, AttackKind, AttackParams, ThreatModel, validate_attack_params
 from .iterative import Ball, BestIterate, margin_objective, pgd, projected_gradient_ascent
 from .registry import AttackInfo, discover, get_attack, get_attack_class, list_attacks, register_attack
@@ -20,10 +21,13 @@ __all__ = [
     "Ball",
     "BestIterate",
     "ThreatModel",
+    "NotApplicable",
     "Verification",
+    "attention_of",
     "discover",
     "get_attack",
     "get_attack_class",
+    "has_attention",
     "list_attacks",
     "margin_objective",
     "perturbation_norms",

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..results import STATUSES_NOT_OK
 from .load import NORM_NAMES, ResultsBundle, eps_label, wilson
 
 MAX_MARKERS = 10
@@ -83,7 +84,7 @@ def few_panel(ax: Any, items: list[tuple[str, str, pd.DataFrame]], bundle: Resul
     for i, (j, attack, m) in enumerate(slots):
         d = items[j][2]
         d = d[d["model"] == m].sort_values("eps")
-        bad = d[d["status"] != "ok"]
+        bad = d[d["status"].isin(STATUSES_NOT_OK)]  # not-applicable: no curve, no mark
         if not bad.empty:
             notes.append(f"{m}, {attack}: {'/'.join(sorted(set(bad['status'])))} at "
                          + ", ".join(eps_label(e) for e in bad["eps"]))

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ..results import CASCADE_SUFFIX
+from ..results import CASCADE_SUFFIX, STATUSES_NOT_OK
 from .curve_points import MIN_LINE_POINTS, conditional, few_panel, legend_below, values
 from .load import (
     NORM_NAMES,
@@ -154,7 +154,7 @@ def _panel(
         d = df[df["model"] == m].sort_values("eps")
         if d.empty:
             continue
-        bad = d[d["status"] != "ok"]
+        bad = d[d["status"].isin(STATUSES_NOT_OK)]  # not-applicable: no curve, no mark
         if not bad.empty:
             eps_txt = ", ".join(eps_label(e).replace("/255", "") for e in bad["eps"])
             notes.append(

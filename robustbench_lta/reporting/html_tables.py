@@ -32,7 +32,7 @@ TABLE_COLUMNS = [
     ("cond_acc", "robust | clean-correct %", "robust accuracy among clean-correct images"),
     ("asr", "success %", "attack success rate among clean-correct images"),
     ("median_norm", "median norm", "median perturbation norm of the successful adversarial examples"),
-    ("status", "status", "ok, failed or invalid (message on hover)"),
+    ("status", "status", "ok, failed, invalid or not-applicable (message on hover)"),
 ]
 
 

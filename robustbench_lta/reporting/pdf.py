@@ -22,6 +22,7 @@ import pandas as pd
 import yaml
 
 from ..errors import UserError
+from ..results import STATUSES_NOT_OK, not_applicable_lines
 from ..utils import apply_umask, swap_in_folder
 from .attention_drift import drift_table
 from .curves import curves_table, robustness_curve_pages
@@ -202,7 +203,8 @@ def _render(
 
         # 1. Summary: derived data first, so the summary's list of what is missing is complete
         pre = _precompute(bundle, warnings)
-        threat_notes = budget_warnings(model_cards(bundle.manifests, bundle.model_folder), bundle.summary)
+        threat_notes = (budget_warnings(model_cards(bundle.manifests, bundle.model_folder), bundle.summary)
+                        + not_applicable_lines(bundle.summary))
         section(0)
         sink.summary_page(
             f"{_title(0)}: {doc_title}",
@@ -282,7 +284,7 @@ def _precompute(bundle: ResultsBundle, warnings: list[str]) -> dict[str, Any]:
     """Tables and derived data, computed before the Summary so its 'missing' list is complete."""
     pre: dict[str, Any] = {"tables": all_tables(bundle), "auc": curves_table(bundle)}
     s = bundle.summary
-    bad = s[s["status"] != "ok"]
+    bad = s[s["status"].isin(STATUSES_NOT_OK)]
     if len(bad) <= 6:
         for r in bad.itertuples(index=False):
             warnings.append(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ..results import STATUSES_NOT_OK
 from ..training.selection import selection_summary
 from .compute import compute_warning, model_gmacs_from_results
 from .load import WORST_CASE, ResultsBundle, eps_label
@@ -74,7 +75,7 @@ def summary_text(
     caveats = (
         verdict.get("caveats", [])
         + selection_notes(cards)
-        + list(threat_notes or [])  # evaluated beyond the training threat model: low accuracy expected
+        + list(threat_notes or [])  # beyond the training threat model; attacks that do not apply
         + ([compute] if compute else [])
     )
     parts: list[str] = ["READ FIRST", *[f"  - {c}" for c in caveats], ""] if caveats else []
@@ -108,7 +109,7 @@ def summary_text(
             f"started {man.get('started', '?')}, finished {man.get('finished', '?')}; "
             f"git commit {str(man.get('git_commit') or 'unknown')[:12]}; versions: {vtxt or 'unknown'}."
         )
-    counts_bad = s[s["status"] != "ok"]
+    counts_bad = s[s["status"].isin(STATUSES_NOT_OK)]
     if len(counts_bad):
         parts.append(
             f"{len(counts_bad)} of {len(s)} result rows did not finish (failed/invalid); "

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..results import STATUSES_NOT_OK
 from .load import EPS_TOL, WORST_CASE, ResultsBundle, eps_label, wilson
 
 SANITY_EXPLAIN = {
@@ -187,9 +188,9 @@ def unbounded_table(bundle: ResultsBundle) -> pd.DataFrame:
 
 
 def problem_table(bundle: ResultsBundle) -> pd.DataFrame:
-    """Every cell whose status is not ok, with the engine's message."""
+    """Every cell that did not finish (failed or invalid), with the engine's message."""
     s = bundle.summary
-    bad = s[s["status"] != "ok"]
+    bad = s[s["status"].isin(STATUSES_NOT_OK)]
     return pd.DataFrame(
         {
             "model": bad["model"].astype(str),
@@ -254,7 +255,8 @@ def all_tables(bundle: ResultsBundle) -> dict[str, tuple[pd.DataFrame, pd.DataFr
         num,
         txt,
         "Robust accuracy (%) per attack and model (rows) and eps (columns); the CSV adds 95% Wilson "
-        "intervals. FAILED/INVALID: the cell did not finish (see 'cells not ok'); '-': not run.",
+        "intervals. FAILED/INVALID: the cell did not finish (see 'cells not ok'); NOT-APPLICABLE: the "
+        "attack does not apply to that model; '-': not run.",
     )
     num, txt = _pivot(bundle, "cond_robust_acc", "pct")
     out["robust_among_clean_correct"] = (
