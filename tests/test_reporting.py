@@ -433,7 +433,7 @@ def test_partial_results_render(results_dir: Path, tmp_path: Path) -> None:
     inv = (s["model"] == ATT) & (s["attack"] == "cw-l2")
     s.loc[inv, ["status", "message"]] = ["invalid", "perturbation outside [0,1] in batch 0"]
     na = (s["model"] == BASE) & (s["attack"] == "cw-l2")  # an attack that cannot attack this model
-    s.loc[na, ["status", "message"]] = ["not-applicable", "NotApplicable: cw-l2 needs simulated maps"]
+    s.loc[na, ["status", "message"]] = ["not-applicable", "cw-l2 needs simulated maps"]
     s.loc[na, "robust_acc"] = np.nan
     s = s[~((s["model"] == ATT) & (s["attack"] == "fgsm") & (s["eps"] > 0.02))]  # a dropped row
     s.to_parquet(folder / "summary.parquet")

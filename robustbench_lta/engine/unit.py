@@ -404,7 +404,9 @@ def run_attack_unit(pm: PreparedModel, source: SampleSource, unit: Unit, setting
     except UserError:
         raise
     except NotApplicable as exc:  # the whole cell, eps 0 included: the attack does not apply here
-        status = [(STATUS_NOT_APPLICABLE, one_line(exc))] * E
+        # the status says what happened; the message only why (no exception class name)
+        why = " ".join(str(exc).split())[:400] or "the attack does not apply to this model"
+        status = [(STATUS_NOT_APPLICABLE, why)] * E
     except Exception as exc:
         status = [(STATUS_FAILED, one_line(exc))] * E
     finally:
