@@ -42,6 +42,8 @@ STATUS_NOT_APPLICABLE = "not-applicable"
 STATUSES = (STATUS_OK, STATUS_FAILED, STATUS_INVALID, STATUS_NOT_APPLICABLE)
 #: statuses that make a sweep incomplete (the CLI exits 3); the others are results or notes
 STATUSES_NOT_OK = (STATUS_FAILED, STATUS_INVALID)
+#: which status a cell shows when its budgets or shards differ: the first of these present, else ok
+STATUS_PRECEDENCE = (STATUS_INVALID, STATUS_FAILED, STATUS_NOT_APPLICABLE)
 
 SUMMARY_COLUMNS = [
     "model", "dataset", "attack", "norm", "eps", "n", "clean_acc", "robust_acc", "attack_success_rate",

@@ -33,6 +33,7 @@ from ..results import (
     STATUS_INVALID,
     STATUS_NOT_APPLICABLE,
     STATUS_OK,
+    STATUS_PRECEDENCE,
     SUMMARY_COLUMNS,
     cell_summary_rows,
     empty_frame,
@@ -67,7 +68,7 @@ def combine_eps_status(units: Sequence[tuple[int, int, dict[str, Any]]]) -> list
     for k, first in enumerate(units[0][2]["eps_status"]):
         parts = [u[2]["eps_status"][k] for u in units]
         status, message = STATUS_OK, ""
-        for wanted in (STATUS_INVALID, STATUS_FAILED, STATUS_NOT_APPLICABLE):
+        for wanted in STATUS_PRECEDENCE:
             bad = [p for p in parts if p["status"] == wanted]
             if bad:
                 status, message = wanted, bad[0]["message"]

@@ -45,6 +45,7 @@ from ..results import (
     STATUS_INVALID,
     STATUS_NOT_APPLICABLE,
     STATUS_OK,
+    STATUS_PRECEDENCE,
 )
 from ..utils import derive_seed
 from .cascade import UpstreamBreaks
@@ -78,8 +79,7 @@ class UnitResult:
     @property
     def status(self) -> str:
         statuses = {s["status"] for s in self.eps_status}
-        return next((s for s in (STATUS_INVALID, STATUS_FAILED, STATUS_NOT_APPLICABLE) if s in statuses),
-                    STATUS_OK)
+        return next((s for s in STATUS_PRECEDENCE if s in statuses), STATUS_OK)
 
 
 def unit_meta(unit: Unit, eps_status: list[dict[str, Any]]) -> dict[str, Any]:
