@@ -11,11 +11,16 @@ Two models on the first ``--n`` CIFAR-10 test images of ``../shared``:
 - ``untrained``: ``vgg16_att3_concat_pc`` width 0.125 with seeded random weights, labelled with its own
   clean predictions, so every sample is clean-correct (survivors-only evaluation saves nothing on
   the clean pass: the engine's worst case for this comparison);
-- ``trained``: a checkpoint (``--checkpoint``, default the study archive's standard ``vgg16`` width
-  0.125 if it exists, else the adversarial-training benchmark's standard ``vgg16``).
+- ``trained``: checkpoints (``--checkpoint``, several allowed); by default the study archive's
+  standard ``vgg16`` width 0.125 (5 MMAC a 32x32 image: fixed costs weigh most on it) and, where it
+  has been trained (``python benchmarks/bf16_training.py --parts parity``, 3 epochs, ~6 min on 2
+  cores), the float32 ``vgg16_att3_concat_pc`` width 0.25 (245 MMAC, the issue's bf16 model).
 
     python benchmarks/bench_small_sweep.py --n 128 --repeats 5
     python benchmarks/bench_small_sweep.py --n 512 --repeats 3 --models trained
+
+The engine's model pass (sanity checks, the large-eps probe, attention figure data) is timed inside
+each engine run and printed as its share of the engine's time.
 
 Also checks that the engine and torchattacks predict the same class for every clean-correct sample at
 every budget (FGSM is deterministic), and prints how many differ.
@@ -45,13 +50,17 @@ from train_cifar10 import cifar10_test  # noqa: E402
 
 from robustbench_lta.data.registry import ImageDataset  # noqa: E402
 from robustbench_lta.engine.api import run_sweep  # noqa: E402
+from robustbench_lta.engine.executors.worker import Worker  # noqa: E402
 from robustbench_lta.models.registry import create_model  # noqa: E402
 from robustbench_lta.plugins.registry import get_attack  # noqa: E402
 from robustbench_lta.training.checkpoint import load_model  # noqa: E402
 
-DEFAULT_CHECKPOINTS = ("benchmarks/study3/networks/vgg16/seed0/best.safetensors",
-                       "runs/study3/vgg16/seed0/best.safetensors",
-                       "runs/adv125/vgg16_standard/best.safetensors")
+#: each default trained model: the first of its paths that exists
+DEFAULT_CHECKPOINTS = (("benchmarks/study3/networks/vgg16/seed0/best.safetensors",
+                        "runs/study3/vgg16/seed0/best.safetensors",
+                        "runs/adv125/vgg16_standard/best.safetensors"),
+                       ("runs/bf16_parity/vgg16_att3_concat_pc_off/best.safetensors",
+                        "runs/bf16_parity_zen5/vgg16_att3_concat_pc_off/best.safetensors"))
 BATCH = 128
 
 
@@ -60,16 +69,41 @@ def predict(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
         return np.concatenate([model(x[s:s + BATCH]).argmax(1).numpy() for s in range(0, len(x), BATCH)])
 
 
-def engine_sweep(model: torch.nn.Module, ds: ImageDataset, workdir: Path) -> pd.DataFrame:
-    """run_sweep at its defaults into a fresh folder; the samples table."""
+class ModelPassTimer:
+    """Seconds the engine spends in its model pass, summed over the runs inside ``with``."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def __enter__(self) -> ModelPassTimer:
+        self.seconds = 0.0
+        self._inner = Worker.run_model_pass
+        timer = self
+
+        def timed(worker: Worker, *args: object, **kwargs: object) -> None:
+            t0 = time.perf_counter()
+            try:
+                timer._inner(worker, *args, **kwargs)
+            finally:
+                timer.seconds += time.perf_counter() - t0
+
+        Worker.run_model_pass = timed  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        Worker.run_model_pass = self._inner  # type: ignore[method-assign]
+
+
+def engine_sweep(model: torch.nn.Module, ds: ImageDataset, workdir: Path) -> tuple[pd.DataFrame, float]:
+    """run_sweep at its defaults into a fresh folder; the samples table and the model pass's seconds."""
     out = Path(tempfile.mkdtemp(prefix="sweep-", dir=workdir))
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), ModelPassTimer() as model_pass:
         warnings.simplefilter("ignore")
         run_sweep({"model": model}, ["fgsm"], list(FGSM_EPS), data=ds, n=len(ds), batch_size=BATCH,
                   device="cpu", seed=0, out=out, progress=False)
     samples = pd.read_parquet(out / "samples.parquet")
     shutil.rmtree(out, ignore_errors=True)
-    return samples
+    return samples, model_pass.seconds
 
 
 def engine_preds(samples: pd.DataFrame, n: int) -> np.ndarray:
@@ -124,15 +158,18 @@ def bench(name: str, model: torch.nn.Module, ds: ImageDataset, repeats: int, wor
     engine_sweep(model, small, workdir)
     torchattacks_per_budget(logits, x[:8], y[:8], "fgsm", list(FGSM_EPS), BATCH)
     times: dict[str, list[float]] = {"engine": [], "torchattacks": [], "floor": []}
+    model_pass_share = []
     for r in range(repeats):
         t0 = time.perf_counter()
-        samples = engine_sweep(model, ds, workdir)
+        samples, model_pass = engine_sweep(model, ds, workdir)
         times["engine"].append(time.perf_counter() - t0)
+        model_pass_share.append(model_pass / times["engine"][-1])
         seconds, ta_preds = torchattacks_per_budget(logits, x, y, "fgsm", list(FGSM_EPS), BATCH)
         times["torchattacks"].append(seconds)
         times["floor"].append(work_floor(model, x, y, samples))
         print(f"  round {r + 1}: engine {times['engine'][-1]:.2f} s, torchattacks {seconds:.2f} s, "
-              f"floor {times['floor'][-1]:.2f} s (load {load_avg()})", flush=True)
+              f"floor {times['floor'][-1]:.2f} s, model pass {model_pass_share[-1]:.0%} of the engine's "
+              f"(load {load_avg()})", flush=True)
     ours = engine_preds(samples, len(ds))
     # worst case: torchattacks' per-budget flags accumulate over budgets the way the engine's do
     ta_broken = np.maximum.accumulate(ta_preds != y.numpy()[None, :], axis=0)
@@ -149,6 +186,8 @@ def bench(name: str, model: torch.nn.Module, ds: ImageDataset, repeats: int, wor
           f"{len(FGSM_EPS)} budgets, one gradient, the clean pass): torchattacks / floor {bound:.2f}x is the "
           f"most any FGSM sweep could reach here; the engine's bookkeeping is "
           f"{1 - min(times['floor']) / min(times['engine']):.0%} of its time")
+    share = statistics.median(model_pass_share)
+    print(f"  model pass (checks, probe, figure data): median {share:.0%} of the engine's time")
     return ratio
 
 
@@ -157,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--models", nargs="+", default=["untrained", "trained"], choices=["untrained", "trained"])
-    ap.add_argument("--checkpoint", type=Path, default=None)
+    ap.add_argument("--checkpoint", type=Path, nargs="+", default=None)
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
     print_machine(args.threads)
@@ -173,11 +212,14 @@ def main(argv: list[str] | None = None) -> int:
             bench("untrained vgg16_att3_concat_pc w0.125, labels = its own predictions", model, ds,
                   args.repeats, workdir)
         if "trained" in args.models:
-            ckpt = args.checkpoint or next((Path(c) for c in DEFAULT_CHECKPOINTS if Path(c).is_file()), None)
-            if ckpt is None:
-                print("\n== trained: no checkpoint (pass --checkpoint)")
-            else:
-                bench(f"trained {ckpt}", load_model(ckpt).eval(), data, args.repeats, workdir)
+            chosen = args.checkpoint or [next((Path(c) for c in paths if Path(c).is_file()), None)
+                                         for paths in DEFAULT_CHECKPOINTS]
+            for k, ckpt in enumerate(chosen):
+                if ckpt is None:
+                    print(f"\n== trained: none of {', '.join(DEFAULT_CHECKPOINTS[k])} (train it, or pass "
+                          "--checkpoint)")
+                else:
+                    bench(f"trained {ckpt}", load_model(ckpt).eval(), data, args.repeats, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"\nOMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '-')}")

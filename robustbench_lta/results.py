@@ -20,6 +20,7 @@ Definitions (the same as AutoAttack / RobustBench report them):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,19 @@ EXPLORER_KEYS = ("clean", "delta", "delta_max", "stored", "index", "position", "
                  "attack", "key")
 #: the int8 scale of ``delta``: ``delta_max`` maps to this value
 EXPLORER_DELTA_LEVELS = 127
+
+#: attention figure data (``attention/MODEL.npz``) holds at most three budgets of the figure attack:
+#: the smallest nonzero, the middle and the largest, the ones the report shows; every other budget
+#: would cost a small sweep an attack and a forward with maps for nothing
+
+
+def figure_eps_indices(eps: Sequence[float]) -> list[int]:
+    """Indices of the budgets the attention figure stores and shows (see above), ascending."""
+    nonzero = [i for i, e in enumerate(eps) if e > 0]
+    if len(nonzero) <= 3:
+        return nonzero
+    return [nonzero[0], nonzero[len(nonzero) // 2], nonzero[-1]]
+
 
 TABLES = ("summary", "samples", "sanity", "attention")
 CSV_TABLES = ("summary", "sanity")

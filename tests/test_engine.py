@@ -15,7 +15,7 @@ import torch
 from robustbench_lta.engine.api import run_sweep
 from robustbench_lta.engine.executors.worker import Worker
 from robustbench_lta.errors import UserError
-from robustbench_lta.results import SAMPLE_COLUMNS, SUMMARY_COLUMNS
+from robustbench_lta.results import SAMPLE_COLUMNS, SUMMARY_COLUMNS, figure_eps_indices
 
 EPS = [0.0, 2 / 255, 8 / 255]
 FAST_ATTACKS = [
@@ -132,7 +132,10 @@ def test_attention_data_is_stored_for_attention_models(small_sweep):
     assert att["box_mass_clean"].between(0, 1).all()
     with np.load(out / "attention" / "smallcnn_att2_concat_pc.npz") as npz:
         assert npz["images"].shape[0] == 4
-        assert npz["adv_level0"].shape[:2] == (len(EPS), 4)
+        # the figure's budgets only (results.figure_eps_indices): smallest nonzero, middle, largest
+        shown = [EPS[i] for i in figure_eps_indices(EPS)]
+        assert np.allclose(npz["eps"], shown) and len(shown) == min(3, sum(e > 0 for e in EPS))
+        assert npz["adv_level0"].shape[:2] == (len(shown), 4)
         assert np.allclose(npz["clean_level1"].sum(axis=(1, 2)), 1, atol=1e-4)
 
 
@@ -317,3 +320,10 @@ def test_channels_last_gives_the_same_results(trained_checkpoints, tmp_path):
     pd.testing.assert_frame_equal(runs[False][cols], runs[True][cols])
     with pytest.raises(UserError, match="executor ray"):
         run_sweep(_models(trained_checkpoints), ["fgsm"], EPS, out=tmp_path / "r", executor="ray", **kw)
+
+
+def test_the_attention_figure_keeps_only_the_budgets_it_shows():
+    eight = [k / 255 for k in range(0, 9)]
+    assert figure_eps_indices(eight) == [1, 5, 8]  # smallest nonzero, middle, largest
+    assert figure_eps_indices([0.0, 2 / 255, 8 / 255]) == [1, 2]
+    assert figure_eps_indices([0.0]) == []

@@ -216,3 +216,15 @@ def test_black_box_is_compared_with_every_white_box_attack_together() -> None:
     masked = pd.DataFrame(table_checks(*tables([1, 1, 1, 0, 1]), traits))
     row = masked[masked["check"] == "white-box-at-least-black-box"]
     assert list(row["status"]) == ["fail"] and "no white-box attack" in row["message"].iloc[0]
+
+
+def test_a_model_random_at_test_time_fails_the_determinism_check():
+    from robustbench_lta.engine.sanity import model_checks
+
+    torch.manual_seed(0)
+    noisy = nn.Sequential(nn.Flatten(), nn.Linear(12, 10), nn.Dropout(0.5)).train()  # dropout stays on
+    x, y = torch.rand(16, 3, 2, 2), torch.randint(0, 10, (16,))
+    with torch.inference_mode():
+        reference = noisy(x)
+    rows = {r["check"]: r for r in model_checks("m", noisy, x, y, reference)}
+    assert rows["deterministic"]["status"] == "fail"

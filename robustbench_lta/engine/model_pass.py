@@ -8,6 +8,7 @@ clean-correct images the report shows.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,7 @@ import torch
 
 from ..plugins.registry import get_attack
 from ..plugins.strength import strongest_family
+from ..results import figure_eps_indices
 from ..utils import derive_seed
 from .inputs import SampleSource
 from .plan import AttackPlan
@@ -52,11 +54,19 @@ def figure_attack(attacks: list[AttackPlan]) -> AttackPlan | None:
 
     Maps under a weak attack (FGSM) understate how far attention moves under the attack page 1 names,
     so the family ranking is the report's own (plugins/strength.py: strong, multi-step, single-step);
-    within a family, the attack with more budgets (the figure shows up to three), then sweep order.
+    within a family, the attack with more budgets, then sweep order. Its plan keeps only the budgets
+    the figure shows.
     """
     bounded = [a for a in attacks if a.bounded and a.norm == "linf"]
     best = strongest_family([(a.label, a.name, a.params, sum(e > 0 for e in a.eps)) for a in bounded])
-    return next((a for a in bounded if a.label == best), None)
+    plan = next((a for a in bounded if a.label == best), None)
+    return figure_plan(plan) if plan is not None else None
+
+
+def figure_plan(plan: AttackPlan) -> AttackPlan:
+    """``plan`` with only the budgets the figure shows (results.figure_eps_indices): the others would
+    be attacked and stored for nothing."""
+    return dataclasses.replace(plan, eps=tuple(plan.eps[i] for i in figure_eps_indices(plan.eps)))
 
 
 def _first_correct(pm: PreparedModel, source: SampleSource, want: int, batch_size: int,

@@ -56,8 +56,13 @@ def model_checks(model_label: str, forward: Callable[[torch.Tensor], torch.Tenso
     """
     rows: list[dict[str, Any]] = []
     a = reference.float()
-    with torch.inference_mode():
-        b = forward(x).float()
+    # one forward serves the determinism check and the input-gradient check below
+    xg = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        logits = forward(xg)
+        loss = F.cross_entropy(logits.float(), y, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, xg)
+    b = logits.detach().float()
     # equal_nan: NaN outputs are the finite-logits row's finding, not a sign of randomness (dropout)
     same = bool(torch.allclose(a, b, rtol=1e-4, atol=1e-5, equal_nan=True))
     rows.append(_row("deterministic", model_label, "pass" if same else "fail",
@@ -75,10 +80,6 @@ def model_checks(model_label: str, forward: Callable[[torch.Tensor], torch.Tenso
                      "attacks expect logits (cross-entropy on probabilities flattens gradients)"
                      if probs else "outputs look like logits"))
     # input-gradient health: zero or non-finite gradients block white-box attacks
-    xg = x.detach().clone().requires_grad_(True)
-    with torch.enable_grad():
-        loss = F.cross_entropy(forward(xg).float(), y, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, xg)
     flat = grad.flatten(1)
     bad = (~torch.isfinite(flat).all(dim=1)) | (flat.abs().amax(dim=1) == 0)
     share = float(bad.float().mean())

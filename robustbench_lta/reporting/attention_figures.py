@@ -21,6 +21,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..plugins.strength import strongest_family
+from ..results import figure_eps_indices
 from .load import eps_label
 from .pages import new_page
 
@@ -95,16 +96,6 @@ def _levels(data: dict[str, np.ndarray]) -> list[int]:
     return sorted(int(k[len("clean_level") :]) for k in data if k.startswith("clean_level"))
 
 
-def pick_eps(eps: np.ndarray) -> list[int]:
-    """Indices of up to three eps to show: smallest nonzero, middle, largest."""
-    nz = [i for i, e in enumerate(eps) if e > 0]
-    if not nz:
-        return []
-    if len(nz) <= 3:
-        return nz
-    return [nz[0], nz[len(nz) // 2], nz[-1]]
-
-
 def map_grid_page(model: str, path: Path, classes: list[str] | None, title: str,
                   strongest: str | None = None) -> Figure:
     """One page: rows = stored images, columns = input, clean maps, then adversarial image + maps per eps.
@@ -117,7 +108,7 @@ def map_grid_page(model: str, path: Path, classes: list[str] | None, title: str,
     rows, picked = pick_clean_correct(data)
     k = len(rows)
     eps = np.asarray(data.get("eps", np.array([])), dtype=float)
-    chosen = pick_eps(eps) if "adv_images" in data else []
+    chosen = figure_eps_indices(eps) if "adv_images" in data else []
     if len(levels) >= 3:
         chosen = chosen[-2:]  # the middle and the largest eps: where attention moves most
     attack = str(data.get("attack", np.array("attack")))

@@ -99,10 +99,12 @@ def _run_unit(cfg_json: dict[str, Any], model_index: int, attack_label: str, key
 
 def _run_model_pass(cfg_json: dict[str, Any], model_index: int, key: str, settings: Any,
                     figure_label: str | None, data_sha256: str | None) -> str:
+    from ..model_pass import figure_plan
+
     state = _worker_state(cfg_json)
     # the figure attack travels by label and is rebuilt here: its plan holds a plugin instance, which
     # a fresh worker (a retry after a crash) cannot unpickle before it has loaded the plugins
-    settings = dataclasses.replace(settings, figure_attack=state["attacks"].get(figure_label)
+    settings = dataclasses.replace(settings, figure_attack=figure_plan(state["attacks"][figure_label])
                                    if figure_label is not None else None)
     lm = _loaded(state, model_index, data_sha256)
     _check_shard(state["worker"], lm.label, 0, state["worker"].source.n, data_sha256)
