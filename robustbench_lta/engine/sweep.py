@@ -54,6 +54,8 @@ class Sweep:
     out: Path
     user_modules: list[tuple[nn.Module, ModuleState]] = field(default_factory=list)
     gmacs: dict[str, float | None] = field(default_factory=dict)  # per model, at the data's image size
+    # the code that runs this sweep: asked of git once (the manifest is written three times a sweep)
+    commit: str | None = field(default_factory=git_commit)
 
     @property
     def unit_settings(self) -> UnitSettings:
@@ -179,7 +181,7 @@ def _manifest(sweep: Sweep, started: str, status: str, summary: pd.DataFrame | N
         "config": cfg.model_dump(mode="json"),
         "seed": cfg.seed,
         "versions": package_versions(),
-        "git_commit": git_commit(),
+        "git_commit": sweep.commit,
         "device": device_description(sweep.device),
         "threads": torch.get_num_threads(),
         "started": started,

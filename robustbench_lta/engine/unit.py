@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import gc
 import math
 import time
 from collections.abc import Callable
@@ -32,15 +31,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..analysis.attention import box_mass, js_divergence
+from ..discovery import one_line
 from ..errors import UserError
 from ..plugins.applicability import NotApplicable
 from ..plugins.base import Attack
 from ..plugins.registry import get_attack
 from ..plugins.verify import verify_batch
 from ..results import (
-    ATTENTION_COLUMNS,
-    SAMPLE_COLUMNS,
     STATUS_FAILED,
     STATUS_INVALID,
     STATUS_NOT_APPLICABLE,
@@ -54,6 +51,7 @@ from .inputs import SampleSource, to_engine_layout
 from .models import same_bits
 from .plan import AttackPlan, Unit
 from .runtime import PreparedModel
+from .shard import Records, attention_frame, clean_pass, drift_rows, predict, sample_frame, split_on_oom
 
 
 class InvalidBatch(Exception):
@@ -88,11 +86,6 @@ def unit_meta(unit: Unit, eps_status: list[dict[str, Any]]) -> dict[str, Any]:
             "eps_status": eps_status}
 
 
-def one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"[:400]
-
-
 def make_attack(plan: AttackPlan, seed: int) -> Attack:
     if plan.user_instance:
         attack = copy.copy(plan.prototype)
@@ -103,35 +96,6 @@ def make_attack(plan: AttackPlan, seed: int) -> Attack:
 
 def _eps_tag(eps: float) -> str:
     return "inf" if math.isinf(eps) else repr(float(eps))
-
-
-def _free_accelerator_memory() -> None:
-    gc.collect()  # frames of the failed call caught in reference cycles hold its tensors too
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def _split_on_oom(fn: Callable[..., list[torch.Tensor]], *parts: Any) -> list[torch.Tensor]:
-    """``fn(*parts)``; on CUDA out-of-memory, ``fn`` on both halves of every part (recursively), joined.
-
-    ``parts`` are batch-aligned (tensors, position arrays): each half gets its own positions, so an
-    attack seeded from its first sample position draws a half's own random start. The halves run
-    outside the ``except`` block: while it is active, the exception's traceback keeps the failed
-    call's frames alive, and with them its activations and autograd graph, so halving would free
-    little and end at batch size 1. A batch of one that runs out of memory raises.
-    """
-    n = len(parts[0])
-    try:
-        return fn(*parts)
-    except torch.cuda.OutOfMemoryError:
-        if n <= 1:
-            raise
-    # past the handler: the exception, its traceback and the failed call's tensors are released
-    _free_accelerator_memory()
-    h = n // 2
-    first = _split_on_oom(fn, *[p[:h] for p in parts])
-    second = _split_on_oom(fn, *[p[h:] for p in parts])
-    return [torch.cat([a, b]) for a, b in zip(first, second, strict=True)]
 
 
 def _input_copy(x: torch.Tensor) -> torch.Tensor | np.ndarray:
@@ -153,97 +117,6 @@ def _unchanged_input(x: torch.Tensor, before: torch.Tensor | np.ndarray) -> bool
         return False
     ints = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[now.itemsize]
     return bool(np.array_equal(now.view(ints), before.view(ints)))
-
-
-def _predict(pm: PreparedModel, x: torch.Tensor, with_maps: bool) -> list[torch.Tensor]:
-    """``[predicted class, *attention maps]`` of a batch, in float32 whatever the sweep's ``amp`` (the
-    counted predictions never depend on the attack's precision), halving the batch on out-of-memory."""
-    def run(xb: torch.Tensor) -> list[torch.Tensor]:
-        with torch.inference_mode(), pm.model.float32():
-            if with_maps:
-                logits, maps = pm.model.logits_and_maps(xb)
-                return [logits.argmax(1), *maps]
-            return [pm.model(xb).argmax(1)]
-    return _split_on_oom(run, x)
-
-
-@dataclass
-class _Shard:
-    """The clean state of one shard, plus the per-eps records being filled in."""
-
-    positions: np.ndarray
-    label: np.ndarray
-    clean_pred: np.ndarray
-    maps: list[torch.Tensor] | None
-    boxes: torch.Tensor | None
-    size: tuple[int, int] = (0, 0)  # image (H, W): attention boxes are in pixels
-
-    @property
-    def correct(self) -> np.ndarray:
-        return self.clean_pred == self.label
-
-
-def clean_pass(pm: PreparedModel, source: SampleSource, positions: np.ndarray, batch_size: int,
-               with_maps: bool, explorer: ExplorerCapture | None = None) -> _Shard:
-    m = len(positions)
-    label = np.empty(m, dtype=np.int64)
-    clean_pred = np.empty(m, dtype=np.int64)
-    parts: list[list[torch.Tensor]] = []
-    done = 0
-    size = (0, 0)
-    with torch.inference_mode():
-        for pos, x, y in source.batches(positions, batch_size, pm.device):
-            size = (int(x.shape[-2]), int(x.shape[-1]))
-            pred, *maps = _predict(pm, x, with_maps)
-            if with_maps:
-                parts.append(maps)
-            if explorer is not None:
-                explorer.add_clean(pos, x)
-            k = len(x)
-            label[done:done + k] = y.cpu().numpy()
-            clean_pred[done:done + k] = pred.cpu().numpy()
-            done += k
-    if m and int(label.max()) >= pm.num_classes:
-        raise UserError(f"model '{pm.label}' has {pm.num_classes} outputs but the data has labels up to "
-                        f"{int(label.max())}: attack it on the dataset it was trained for")
-    maps = [torch.cat([p[j] for p in parts]) for j in range(len(parts[0]))] if parts else None
-    boxes = torch.as_tensor(source.boxes[positions]) if source.boxes is not None else None
-    return _Shard(positions, label, clean_pred, maps, boxes, size)
-
-
-class _Records:
-    """Per-eps predictions, norms and flags of one shard, with worst-case carrying."""
-
-    def __init__(self, shard: _Shard, n_eps: int) -> None:
-        m = len(shard.positions)
-        self.adv_pred = np.tile(shard.clean_pred, (n_eps, 1))
-        self.norms = np.zeros((n_eps, m), dtype=np.float64)
-        self.attacked = np.zeros((n_eps, m), dtype=bool)
-        self.first_broken = np.full(m, n_eps, dtype=np.int64)  # index of the first eps that broke it
-        self.skipped_by = np.full((n_eps, m), "", dtype=object)  # cascade: the earlier attack's label
-
-    def record(self, k: int, rel: np.ndarray, pred: np.ndarray, norms: np.ndarray, label: np.ndarray) -> None:
-        self.adv_pred[k, rel] = pred
-        self.norms[k, rel] = norms
-        self.attacked[k, rel] = True
-        hit = rel[pred != label[rel]]
-        self.first_broken[hit] = np.minimum(self.first_broken[hit], k)
-
-    def carry(self) -> None:
-        """A sample broken at budget j is broken with the same example at every later budget."""
-        for k in range(1, self.adv_pred.shape[0]):
-            was = (self.first_broken < k) & ~self.attacked[k]
-            j = self.first_broken[was]
-            self.adv_pred[k, was] = self.adv_pred[j, np.flatnonzero(was)]
-            self.norms[k, was] = self.norms[j, np.flatnonzero(was)]
-
-    def fill_upstream(self, up: UpstreamBreaks, skip: np.ndarray) -> None:
-        """Cascade: where an earlier attack broke a sample this one did not attack, its example counts."""
-        for k in range(self.adv_pred.shape[0]):
-            fill = skip[k] & ~self.attacked[k] & (self.first_broken >= k)
-            self.adv_pred[k, fill] = up.pred[k, fill]
-            self.norms[k, fill] = up.norm[k, fill]
-            self.skipped_by[k, fill] = up.by[k, fill]
 
 
 def run_attack_unit(pm: PreparedModel, source: SampleSource, unit: Unit, settings: UnitSettings,
@@ -268,7 +141,7 @@ def run_attack_unit(pm: PreparedModel, source: SampleSource, unit: Unit, setting
                        drift or explorer_maps, explorer)
     if explorer is not None:
         explorer.set_clean_maps(shard.maps)
-    rec = _Records(shard, E)
+    rec = Records(shard, E)
     skip = (upstream.has & shard.correct[None, :] if upstream is not None
             else np.zeros((E, len(shard.positions)), dtype=bool))
     seconds = [0.0] * E
@@ -312,12 +185,12 @@ def run_attack_unit(pm: PreparedModel, source: SampleSource, unit: Unit, setting
             raise InvalidBatch(where + str(v.reason))
         xa = to_engine_layout(xa)
         keep = explorer is not None and explorer.wants(pos)
-        pred_t, *maps = _predict(pm, xa, drift or (explorer_maps and keep))
+        pred_t, *maps = predict(pm, xa, drift or (explorer_maps and keep))
         pred = pred_t.cpu().numpy()
         rel = pos - unit.start
         rec.record(k, rel, pred, v.norms.cpu().double().numpy(), shard.label)
         if drift:
-            att_rows.append(_drift_rows(shard, rel, maps, eps, source.index[pos]))
+            att_rows.append(drift_rows(shard, rel, maps, eps, source.index[pos]))
         if keep:
             explorer.add_adversarial(k, pos, x, xa, maps)
         return pred != shard.label[rel]  # host labels: no device sync per batch and budget
@@ -344,7 +217,7 @@ def run_attack_unit(pm: PreparedModel, source: SampleSource, unit: Unit, setting
 
             for pos, x, y in source.batches(todo, settings.batch_size, pm.device):
                 before = _input_copy(x)
-                advs = _split_on_oom(attack_many, x, y, pos)
+                advs = split_on_oom(attack_many, x, y, pos)
                 check_mode()
                 check_input(x, before)
                 if not isinstance(advs, list) or len(advs) != E:
@@ -383,7 +256,7 @@ def run_attack_unit(pm: PreparedModel, source: SampleSource, unit: Unit, setting
                             advs = [x.clone()]  # the only perturbation within a zero budget is none
                         else:
                             before = _input_copy(x)
-                            advs = _split_on_oom(partial(attack_one, eps=eps), x, y, pos)
+                            advs = split_on_oom(partial(attack_one, eps=eps), x, y, pos)
                             check_mode()
                             check_input(x, before)
                         evaluate(k, pos, x, y, advs[0])
@@ -395,7 +268,7 @@ def run_attack_unit(pm: PreparedModel, source: SampleSource, unit: Unit, setting
                 except (UserError, NotApplicable):
                     raise
                 except Exception as exc:  # a broken plugin fails its cell, never the sweep
-                    status[k] = (STATUS_FAILED, one_line(exc))
+                    status[k] = (STATUS_FAILED, one_line(exc)[:400])
                     failed_at = status[k]
                 finally:
                     account(k, t1, w1)
@@ -408,7 +281,7 @@ def run_attack_unit(pm: PreparedModel, source: SampleSource, unit: Unit, setting
         why = " ".join(str(exc).split())[:400] or "the attack does not apply to this model"
         status = [(STATUS_NOT_APPLICABLE, why)] * E
     except Exception as exc:
-        status = [(STATUS_FAILED, one_line(exc))] * E
+        status = [(STATUS_FAILED, one_line(exc)[:400])] * E
     finally:
         pm.model.eval()
     # structure first (a parametrization moves the weights), then the weights' values
@@ -432,8 +305,8 @@ def run_attack_unit(pm: PreparedModel, source: SampleSource, unit: Unit, setting
     if upstream is not None:
         rec.fill_upstream(upstream, skip)
     return UnitResult(
-        samples=_sample_frame(unit, source, shard, rec, chain),
-        attention=_attention_frame(unit, att_rows) if att_rows and all(s == STATUS_OK for s, _ in status)
+        samples=sample_frame(unit, source, shard, rec, chain),
+        attention=attention_frame(unit, att_rows) if att_rows and all(s == STATUS_OK for s, _ in status)
         else None,
         eps_status=[{"eps": float(e), "status": s, "message": msg, "seconds": seconds[k],
                      "forward": work[k][0], "backward": work[k][1]}
@@ -444,45 +317,3 @@ def run_attack_unit(pm: PreparedModel, source: SampleSource, unit: Unit, setting
         if explorer is not None else None)
 
 
-def _drift_rows(shard: _Shard, rel: np.ndarray, adv_maps: list[torch.Tensor], eps: float,
-                index: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-sample drift of every level's map (clean vs adversarial), as column arrays."""
-    cols: dict[str, list[np.ndarray]] = {"level": [], "js_divergence": [], "box_mass_clean": [],
-                                         "box_mass_adv": [], "index": []}
-    assert shard.maps is not None
-    sel = torch.as_tensor(rel, device=shard.maps[0].device)
-    for level, adv in enumerate(adv_maps):
-        clean = shard.maps[level][sel]
-        cols["js_divergence"].append(js_divergence(clean, adv).float().cpu().numpy())
-        if shard.boxes is not None:
-            boxes = shard.boxes[torch.as_tensor(rel)].to(adv.device)
-            cols["box_mass_clean"].append(box_mass(clean, boxes, shard.size).float().cpu().numpy())
-            cols["box_mass_adv"].append(box_mass(adv, boxes, shard.size).float().cpu().numpy())
-        else:
-            cols["box_mass_clean"].append(np.full(len(rel), np.nan, dtype=np.float32))
-            cols["box_mass_adv"].append(np.full(len(rel), np.nan, dtype=np.float32))
-        cols["level"].append(np.full(len(rel), level, dtype=np.int64))
-        cols["index"].append(np.asarray(index))
-    out = {k: np.concatenate(v) for k, v in cols.items()}
-    out["eps"] = np.full(len(out["level"]), float(eps))
-    return out
-
-
-def _sample_frame(unit: Unit, source: SampleSource, shard: _Shard, rec: _Records,
-                  chain: tuple[float, ...]) -> pd.DataFrame:
-    frames = []
-    index = source.index[shard.positions].astype(np.int64)
-    for k, eps in enumerate(chain):
-        frames.append(pd.DataFrame({
-            "model": unit.cell.model, "attack": unit.cell.attack.label, "eps": float(eps), "index": index,
-            "label": shard.label, "clean_pred": shard.clean_pred, "adv_pred": rec.adv_pred[k],
-            "norm": rec.norms[k], "attacked": rec.attacked[k], "broken": rec.adv_pred[k] != shard.label,
-            "skipped_by": rec.skipped_by[k]}))
-    return pd.concat(frames, ignore_index=True)[SAMPLE_COLUMNS]
-
-
-def _attention_frame(unit: Unit, rows: list[dict[str, np.ndarray]]) -> pd.DataFrame:
-    df = pd.DataFrame({k: np.concatenate([r[k] for r in rows]) for k in rows[0]})
-    df.insert(0, "attack", unit.cell.attack.label)
-    df.insert(0, "model", unit.cell.model)
-    return df[ATTENTION_COLUMNS]
