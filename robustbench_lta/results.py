@@ -78,13 +78,10 @@ EXPLORER_KEYS = ("clean", "delta", "delta_max", "stored", "index", "position", "
 #: the int8 scale of ``delta``: ``delta_max`` maps to this value
 EXPLORER_DELTA_LEVELS = 127
 
-#: attention figure data (``attention/MODEL.npz``) holds at most three budgets of the figure attack:
-#: the smallest nonzero, the middle and the largest, the ones the report shows; every other budget
-#: would cost a small sweep an attack and a forward with maps for nothing
-
-
 def figure_eps_indices(eps: Sequence[float]) -> list[int]:
-    """Indices of the budgets the attention figure stores and shows (see above), ascending."""
+    """Indices of the budgets the attention figure (``attention/MODEL.npz``) stores and the report
+    shows, ascending: at most three, the smallest nonzero, the middle and the largest. Every other
+    budget would cost a small sweep an attack and a forward with maps for nothing."""
     nonzero = [i for i, e in enumerate(eps) if e > 0]
     if len(nonzero) <= 3:
         return nonzero
