@@ -48,8 +48,14 @@ def cpu_name() -> str:
         return platform.processor() or platform.machine()
 
 
+def run_tag(args: argparse.Namespace, name: str, adversarial: bool) -> str:
+    if not adversarial:
+        return f"{name}_standard"
+    return f"{name}_{args.method}" + ("_margin" if args.loss == "margin" else "")
+
+
 def train_one(args: argparse.Namespace, root: Path, name: str, adversarial: bool) -> dict:
-    tag = f"{name}_{args.method if adversarial else 'standard'}"
+    tag = run_tag(args, name, adversarial)
     cfg = validate(TrainConfig, {
         "model": {"name": name, "width": args.width},
         "data": {"name": f"imagefolder:{root}", "n_train": args.n_train},
@@ -59,6 +65,7 @@ def train_one(args: argparse.Namespace, root: Path, name: str, adversarial: bool
         "val_fraction": args.val_fraction, "out": str(args.out / tag),
         "adversarial": {"method": args.method if adversarial else "none", "eps": args.eps,
                         "steps": args.steps, "step_size": args.step_size,
+                        **({"loss": args.loss} if adversarial else {}),
                         "eval_every": 1, "eval_n": args.n_val_robust, "eval_steps": 10},
     }, source="benchmark options")
     t0 = time.perf_counter()
@@ -119,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--step-size", type=float, default=None,
                    help="/255 units (default: pgd and trades 0.25 eps, fgsm-rs 1.25 eps, n-fgsm eps)")
     p.add_argument("--eps", type=float, default=8.0, help="training budget in /255 units")
+    p.add_argument("--loss", default="ce", choices=["ce", "margin"],
+                   help="the loss the training examples ascend (pgd, fgsm-rs, n-fgsm)")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--n-train", type=int, default=None, help="first N training images (default all 50,000)")
     p.add_argument("--batch-size", type=int, default=128)
@@ -151,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models:
         for adversarial in ([False] if args.only_standard else [True, False] if args.standard else [True]):
             if args.no_train:
-                tag = f"{name}_{args.method if adversarial else 'standard'}"
+                tag = run_tag(args, name, adversarial)
                 rows.append(_row_from_folder(tag, args.out / tag))
             else:
                 rows.append(train_one(args, root, name, adversarial))

@@ -166,6 +166,11 @@ class AdversarialSpec(_Strict):
         description="n-fgsm: half-width of the uniform starting noise, in units of eps"
     )
     beta: float = Field(6.0, ge=0, allow_inf_nan=False, description="TRADES: weight of the robustness term")
+    loss: Literal["ce", "margin"] = Field(
+        "ce", description="the loss the training examples ascend (pgd, fgsm-rs, n-fgsm): ce, the "
+        "reference implementations' cross-entropy, or margin, Carlini-Wagner's max_{j != y} z_j - z_y; "
+        "the model is still trained on cross-entropy. trades ascends its own KL term"
+    )
     eval_every: int = Field(
         1, ge=1, description="robust validation accuracy every this many epochs (and the last)"
     )
@@ -175,6 +180,14 @@ class AdversarialSpec(_Strict):
         0.5, gt=0, lt=1, description="catastrophic overfitting: validation PGD accuracy below this share of "
         "its best so far while validation FGSM accuracy rises or falls by under half as much"
     )
+
+    @model_validator(mode="after")
+    def _loss_applies(self) -> AdversarialSpec:
+        if self.loss != "ce" and self.method in ("none", "trades"):
+            what = "ascends its own KL term" if self.method == "trades" else "attacks nothing"
+            raise ValueError(f"adversarial.loss {self.loss!r} applies to pgd, fgsm-rs and n-fgsm; method "
+                             f"{self.method!r} {what}: remove adversarial.loss")
+        return self
 
     @property
     def enabled(self) -> bool:
@@ -203,7 +216,8 @@ class AdversarialSpec(_Strict):
             return "standard (no adversarial training)"
         norm = "Linf" if self.norm == "linf" else "L2"
         scale = "" if self.eps_scale == 1 else f"/{self.eps_scale:g}"
-        return f"{name[self.method]}, {norm} {self.eps:g}{scale}"
+        loss = " (margin loss)" if self.loss == "margin" else ""
+        return f"{name[self.method]}{loss}, {norm} {self.eps:g}{scale}"
 
 
 class TrainConfig(_Strict):

@@ -51,6 +51,21 @@ def test_training_attack_equals_the_sweeps_pgd(norm: str) -> None:
     assert float(bound.max()) <= eps / 255 + 1e-6 and float(ours.min()) >= 0 and float(ours.max()) <= 1
 
 
+def test_a_margin_loss_threat_model_ascends_the_sweeps_margin_pgd() -> None:
+    """``adversarial.loss: margin``: the trainer's examples are the sweep's ``pgd-linf:loss=margin``."""
+    model, (x, y) = _model(), _batch()
+    spec = AdversarialSpec(method="pgd", eps=8.0, step_size=2.0, steps=5, loss="margin")
+    ours = AdversarialLoss(spec).examples(model, x, y, torch.Generator().manual_seed(7))
+    attack = get_attack("pgd-linf", seed=7, steps=5, alpha=2 / 255, keep="last", loss="margin")
+    assert torch.equal(ours, attack(model, x, y, 8 / 255))
+    ce = AdversarialLoss(spec.model_copy(update={"loss": "ce"})).examples(
+        model, x, y, torch.Generator().manual_seed(7))
+    assert not torch.equal(ours, ce)  # another objective, other examples
+    assert spec.label() == "PGD-AT (margin loss), Linf 8/255"
+    with pytest.raises(ValueError, match="adversarial.loss 'margin' applies to pgd"):
+        AdversarialSpec(method="trades", loss="margin")
+
+
 def test_fgsm_rs_is_one_step_of_1_25_eps_from_a_random_start() -> None:
     spec = AdversarialSpec(method="fgsm-rs", eps=8.0)
     assert spec.train_steps == 1 and spec.step01 == pytest.approx(1.25 * 8 / 255)

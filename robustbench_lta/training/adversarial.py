@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import AdversarialSpec
-from ..pgd import Ball, default_alpha, pgd, projected_gradient_ascent
+from ..pgd import Ball, default_alpha, margin_objective, pgd, projected_gradient_ascent
 from ..utils import derive_seed
 from .batches import DeviceBatches, to_float
 
@@ -73,8 +73,11 @@ class AdversarialLoss:
     ) -> torch.Tensor:
         """The adversarial batch for ``pgd``, ``fgsm-rs`` and ``n-fgsm`` (train mode, last iterate)."""
         scale = self._scale()
+        ascend = margin_objective(y) if self.spec.loss == "margin" else None
 
         def objective(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            if ascend is not None:
+                return ascend(logits, idx) * scale
             return F.cross_entropy(logits.float(), y[idx], reduction="sum") * scale
 
         with autocast or contextlib.nullcontext():
